@@ -1,16 +1,54 @@
 """Reference implementations for the course "Positional Encoding in Transformers, from sinusoids to YaRN".
 
 Every chapter of the book imports from here, and every exercise is graded against it. The package-level
-names below are a stable API (see DESIGN.md); the submodules hold one idea each.
+names below are a stable API (see DESIGN.md); each submodule holds one idea:
+
+* `sinusoidal`, `learned`: absolute encodings;
+* `t5`, `transformer_xl`, `alibi`: relative encodings and biases;
+* `rope`, `rope_scaling`: rotary embeddings and every way of stretching them;
+* `mla`: DeepSeek's Multi-head Latent Attention with decoupled RoPE;
+* `attention`: the plain attention every other piece plugs into.
 """
 
+from .alibi import alibi_bias, alibi_slopes, ntk_alibi_slopes
+from .attention import causal_mask, reference_attention
+from .learned import LearnedPositionalEmbedding
+from .rope import (
+    apply_rope,
+    permute_qk_weight_to_half_split,
+    permute_qk_weight_to_interleaved,
+    rope_cos_sin,
+    rope_inv_freq,
+)
+from .rope_scaling import (
+    ROPE_SCALING_METHODS,
+    RotaryEmbedding,
+    rope_scaling,
+    yarn_attention_factor,
+    yarn_softmax_scale,
+)
 from .sinusoidal import sinusoidal_encoding, sinusoidal_shift_matrix
-from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .t5 import T5RelativeBias, t5_relative_position_bucket
 
 __all__ = [
-    "sinusoidal_encoding",
-    "sinusoidal_shift_matrix",
+    "alibi_bias",
+    "alibi_slopes",
+    "ntk_alibi_slopes",
+    "causal_mask",
+    "reference_attention",
+    "LearnedPositionalEmbedding",
     "apply_rope",
+    "permute_qk_weight_to_half_split",
+    "permute_qk_weight_to_interleaved",
     "rope_cos_sin",
     "rope_inv_freq",
+    "ROPE_SCALING_METHODS",
+    "RotaryEmbedding",
+    "rope_scaling",
+    "yarn_attention_factor",
+    "yarn_softmax_scale",
+    "sinusoidal_encoding",
+    "sinusoidal_shift_matrix",
+    "T5RelativeBias",
+    "t5_relative_position_bucket",
 ]
