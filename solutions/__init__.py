@@ -29,6 +29,14 @@ from .rope_scaling import (
 )
 from .sinusoidal import sinusoidal_encoding, sinusoidal_shift_matrix
 from .t5 import T5RelativeBias, t5_relative_position_bucket
+from .transformer_xl import (
+    TransformerXLRelativeAttention,
+    naive_relative_position_scores,
+    relative_position_scores,
+    relative_shift,
+    transformer_xl_position_encoding,
+    transformer_xl_score_terms,
+)
 
 __all__ = [
     "alibi_bias",
@@ -51,4 +59,10 @@ __all__ = [
     "sinusoidal_shift_matrix",
     "T5RelativeBias",
     "t5_relative_position_bucket",
+    "TransformerXLRelativeAttention",
+    "naive_relative_position_scores",
+    "relative_position_scores",
+    "relative_shift",
+    "transformer_xl_position_encoding",
+    "transformer_xl_score_terms",
 ]
