@@ -13,6 +13,13 @@ names below are a stable API (see DESIGN.md); each submodule holds one idea:
 from .alibi import alibi_bias, alibi_slopes, ntk_alibi_slopes
 from .attention import causal_mask, reference_attention
 from .learned import LearnedPositionalEmbedding
+from .mla import (
+    MLACache,
+    MLAConfig,
+    MultiHeadLatentAttention,
+    kv_cache_elements_per_token,
+    rope_absorbed_score_matrix,
+)
 from .rope import (
     apply_rope,
     permute_qk_weight_to_half_split,
@@ -45,6 +52,11 @@ __all__ = [
     "causal_mask",
     "reference_attention",
     "LearnedPositionalEmbedding",
+    "MLACache",
+    "MLAConfig",
+    "MultiHeadLatentAttention",
+    "kv_cache_elements_per_token",
+    "rope_absorbed_score_matrix",
     "apply_rope",
     "permute_qk_weight_to_half_split",
     "permute_qk_weight_to_interleaved",
