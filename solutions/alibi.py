@@ -26,7 +26,8 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
     For n a power of two: the geometric sequence ``2^(-8/n), 2^(-16/n), ..., 2^(-8)``. Otherwise, as in
     the authors' released code: the slopes of the largest power of two p < n, followed by the 1st, 3rd,
-    5th, ... slopes of 2p (exactly those that fall between the first list's) until n slopes are filled.
+    5th, ... slopes of 2p (the ones the p-head list lacks, each the geometric mean of its neighbours in the
+    2p-head list) until n slopes are filled.
     """
     require_positive_int(num_heads, "num_heads")
     closest_power_of_two = 2 ** int(math.floor(math.log2(num_heads)))
@@ -71,7 +72,8 @@ def alibi_bias(slopes: torch.Tensor, query_length: int, key_length: int | None =
     key_length = query_length if key_length is None else key_length
     key_minus_query = relative_positions(query_length, key_length, device=slopes.device)
     distance = (-key_minus_query).to(slopes.dtype)  # i - j: positive for keys in the past
-    bias = -slopes[:, None, None] * distance.abs()
+    # "+ 0.0" turns the diagonal's IEEE -0.0 into +0.0, so printed biases read 0, not -0.
+    bias = -(slopes[:, None, None] * distance.abs()) + 0.0
     if causal:
         bias = bias.masked_fill(distance < 0, float("-inf"))
     return bias
