@@ -1,0 +1,238 @@
+"""Fused rotary position embedding (RoPE) in Triton: forward and backward from one kernel.
+
+RoFormer (Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding", 2021, arXiv
+2104.09864, eq. 34) rotates each pair of coordinates (a, b) of a query or key at position p by the angle
+``p * theta_i``::
+
+    (a, b) -> (a cos - b sin,  b cos + a sin)
+
+The torch oracle is `solutions.rope.apply_rope` (wrapped for this layout by `rope_reference`). This file
+holds the kernel, its launcher and the autograd wrapper, in the style of the Triton tutorials (Tillet et al.,
+MAPL 2019).
+
+Why a kernel at all: RoPE does ~6 flops per element and moves 2 elements (read x, write y), so it is purely
+memory-bound. The eager torch version reads and writes x several times (slices, products, ``cat``) and
+launches a dozen kernels; one fused pass that reads x once, reads one cos/sin row per token (shared by all
+heads) and writes y once is the whole optimisation. The target is the device's copy bandwidth.
+
+Backward: a rotation is orthogonal, so the gradient of ``y = R(theta) x`` is ``R(theta)^T dy = R(-theta) dy``:
+the same kernel with ``sin`` negated (the ``BACKWARD`` flag), never a second kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..rope import apply_rope
+from . import dispatch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton wheel for this platform: the dispatcher runs `rope_reference`
+    from ._no_triton import tl, triton
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+TOLERANCES = {
+    # Both sides compute in fp32 and round once to the output dtype, so they differ by at most a rounding of
+    # the last bit plus fp32 reassociation: fp32 is tight, fp16/bf16 allow one unit in the last place.
+    torch.float32: dict(atol=1e-6, rtol=1e-5),
+    torch.float16: dict(atol=1e-3, rtol=1e-3),
+    torch.bfloat16: dict(atol=1e-2, rtol=1e-2),
+}
+"""Agreement of `rope` with `rope_reference` per dtype (``torch.testing.assert_close`` keywords)."""
+
+
+@triton.jit
+def _rope_kernel(
+    X, OUT, COS, SIN, OFFSETS,
+    seq_len, num_heads, position_offset,
+    stride_xb, stride_xs, stride_xh, stride_xd,
+    stride_ob, stride_os, stride_oh, stride_od,
+    stride_cos_pos,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+    PASS: tl.constexpr, PASS_PAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_OFFSETS: tl.constexpr, BACKWARD: tl.constexpr,
+):
+    # One program = one token (b, s) and a block of BLOCK_H heads. The cos/sin row of the token's position is
+    # loaded once and reused by every head of the block: that reuse is why the grid is per token, not per
+    # (token, head).
+    row = tl.program_id(0)
+    head_block = tl.program_id(1)
+    # int64 before multiplying by strides: batch * seq * heads * dim overflows int32 at 2^31 elements.
+    b = (row // seq_len).to(tl.int64)
+    s = (row % seq_len).to(tl.int64)
+    if HAS_OFFSETS:
+        pos = s + tl.load(OFFSETS + b).to(tl.int64)  # per-row KV-cache offset (decode, ragged batches)
+    else:
+        pos = s + position_offset
+
+    pair = tl.arange(0, HALF_PAD)
+    pair_ok = pair < HALF  # HALF need not be a power of two: pad the block and mask
+    # Math in fp32 whatever the storage dtype: bf16 has 8 mantissa bits, and rounding cos/sin or the products
+    # to it before the sum would add an error at every position (the RoPE chapter's precision section).
+    cos = tl.load(COS + pos * stride_cos_pos + pair, mask=pair_ok, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + pos * stride_cos_pos + pair, mask=pair_ok, other=0.0).to(tl.float32)
+    if BACKWARD:
+        sin = -sin  # R(theta)^T = R(-theta): the gradient is the inverse rotation
+
+    heads = head_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (heads < num_heads)[:, None] & pair_ok[None, :]
+    if INTERLEAVED:  # GPT-J / Meta: pair (2i, 2i + 1). Both stride-2 loads hit the same cache lines.
+        first, second = 2 * pair, 2 * pair + 1
+    else:  # GPT-NeoX / Hugging Face: pair (i, i + rotary_dim / 2)
+        first, second = pair, pair + HALF
+
+    x_tok = X + b * stride_xb + s * stride_xs + heads[:, None].to(tl.int64) * stride_xh
+    o_tok = OUT + b * stride_ob + s * stride_os + heads[:, None].to(tl.int64) * stride_oh
+    x1 = tl.load(x_tok + first[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_tok + second[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
+    y1 = x1 * cos[None, :] - x2 * sin[None, :]
+    y2 = x2 * cos[None, :] + x1 * sin[None, :]
+    tl.store(o_tok + first[None, :] * stride_od, y1.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(o_tok + second[None, :] * stride_od, y2.to(OUT.dtype.element_ty), mask=mask)
+
+    if PASS > 0:  # partial rotary: the dims past rotary_dim are copied unchanged (a constexpr branch)
+        rest = tl.arange(0, PASS_PAD)
+        rest_mask = (heads < num_heads)[:, None] & (rest < PASS)[None, :]
+        dims = 2 * HALF + rest
+        tail = tl.load(x_tok + dims[None, :] * stride_xd, mask=rest_mask, other=0.0)
+        tl.store(o_tok + dims[None, :] * stride_od, tail.to(OUT.dtype.element_ty), mask=rest_mask)
+
+
+def _launch(x: torch.Tensor, cos, sin, offsets, offset_int: int, interleaved: bool, backward: bool,
+            run: dispatch.KernelRun) -> torch.Tensor:
+    batch, seq, heads, head_dim = x.shape
+    half = cos.shape[1]
+    out = torch.empty((batch, seq, heads, head_dim), dtype=x.dtype, device=x.device)
+    half_pad = triton.next_power_of_2(half)
+    pass_dims = head_dim - 2 * half
+    # A program moves BLOCK_H * head_dim elements; ~4K elements (8 KB in bf16) keeps enough bytes in flight
+    # per program on a GPU while the grid (batch * seq rows) stays large. All heads of a token in one
+    # program when they fit (the usual case: 32 heads * 128 dims).
+    block_h = min(triton.next_power_of_2(heads), max(1, 4096 // (2 * half_pad)))
+    grid = (batch * seq, triton.cdiv(heads, block_h))
+    dispatch.launcher(_rope_kernel, run)[grid](
+        x, out, cos, sin, offsets if offsets is not None else cos,  # the pointer is unused without offsets
+        seq, heads, offset_int,
+        *x.stride(), *out.stride(),
+        cos.stride(0),
+        HALF=half, HALF_PAD=half_pad,
+        PASS=pass_dims, PASS_PAD=triton.next_power_of_2(max(pass_dims, 1)),
+        BLOCK_H=block_h,
+        INTERLEAVED=interleaved, HAS_OFFSETS=offsets is not None, BACKWARD=backward,
+        num_warps=4,
+    )
+    return out
+
+
+class _RopeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cos, sin, offsets, offset_int, interleaved, run):
+        ctx.save_for_backward(cos, sin, offsets)
+        ctx.offset_int, ctx.interleaved, ctx.run = offset_int, interleaved, run
+        return _launch(x, cos, sin, offsets, offset_int, interleaved, False, run)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cos, sin, offsets = ctx.saved_tensors
+        fwd = ctx.run
+        run = dispatch._record(dispatch.KernelRun("rope_backward", fwd.backend, fwd.device, fwd.work,
+                                                  "same path as the forward; the rotation by -theta"))
+        grad_x = _launch(grad_out, cos, sin, offsets, ctx.offset_int, ctx.interleaved, True, run)
+        return grad_x, None, None, None, None, None, None
+
+
+def _check(x, cos, sin, position_offset):
+    """Every ValueError before any launch; returns (offsets tensor or None, int offset, max offset)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor [batch, seq, heads, head_dim]; got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x must be float32, float16 or bfloat16; got {x.dtype}")
+    if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor) or cos.shape != sin.shape:
+        raise ValueError(f"cos and sin must be tensors of the same shape; got "
+                         f"{getattr(cos, 'shape', cos)} and {getattr(sin, 'shape', sin)}")
+    if cos.dim() != 2:
+        raise ValueError(f"cos/sin must be the 2-D cache [max_pos, rotary_dim // 2] (rows are positions; "
+                         f"`rope` gathers the rows itself); got shape {tuple(cos.shape)}")
+    if not (cos.dtype.is_floating_point and sin.dtype.is_floating_point):
+        raise ValueError(f"cos/sin must be floating point; got {cos.dtype} and {sin.dtype}")
+    if cos.requires_grad or sin.requires_grad:
+        raise ValueError("rope does not differentiate with respect to cos/sin; pass cos.detach(), sin.detach()")
+    batch, seq, _, head_dim = x.shape
+    max_pos, half = cos.shape
+    if half < 1 or 2 * half > head_dim:
+        raise ValueError(f"cos/sin cover rotary_dim = 2 * {half} = {2 * half} dims, but head_dim is {head_dim}: "
+                         f"cos must be [max_pos, rotary_dim // 2] with 0 < rotary_dim <= head_dim")
+    if cos.device != x.device or sin.device != x.device:
+        raise ValueError(f"x, cos and sin must be on one device; got {x.device}, {cos.device}, {sin.device}")
+    if isinstance(position_offset, torch.Tensor):
+        if position_offset.dtype.is_floating_point or position_offset.dtype == torch.bool \
+                or position_offset.is_complex():
+            raise ValueError(f"position_offset must be an integer tensor; got dtype {position_offset.dtype}")
+        if position_offset.shape != (batch,):
+            raise ValueError(f"position_offset must be an int or a [batch] = [{batch}] tensor; got shape "
+                             f"{tuple(position_offset.shape)}")
+        if position_offset.device != x.device:
+            raise ValueError(f"position_offset is on {position_offset.device} but x is on {x.device}")
+        offsets = position_offset.to(torch.int64).contiguous()
+        low, high = (int(offsets.min()), int(offsets.max())) if batch else (0, 0)  # one sync, before launch
+        offset_int = 0
+    elif isinstance(position_offset, int) and not isinstance(position_offset, bool):
+        offsets, low, high, offset_int = None, position_offset, position_offset, position_offset
+    else:
+        raise ValueError(f"position_offset must be an int or a [batch] integer tensor; got "
+                         f"{type(position_offset).__name__}")
+    if low < 0:
+        raise ValueError(f"position_offset must be >= 0; got a minimum of {low}")
+    if seq and seq - 1 + high >= max_pos:
+        raise ValueError(f"positions up to {seq - 1 + high} (seq {seq} - 1 + offset {high}) are needed but the "
+                         f"cos/sin cache has only max_pos = {max_pos} rows; build a longer cache")
+    return offsets, offset_int
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
+                   position_offset=0) -> torch.Tensor:
+    """The torch oracle for `rope`: gather each token's cos/sin row and call `solutions.rope.apply_rope`.
+
+    Same arguments as `rope`. Differentiable by autograd (it is plain torch).
+    """
+    offsets, offset_int = _check(x, cos, sin, position_offset)
+    batch, seq = x.shape[:2]
+    positions = torch.arange(seq, device=x.device)[None, :] + (offsets[:, None] if offsets is not None
+                                                               else offset_int)
+    positions = positions.expand(batch, seq)
+    # [batch, seq, 1, half] broadcasts over the heads; apply_rope rotates the last dim.
+    return apply_rope(x, cos[positions][:, :, None], sin[positions][:, :, None], interleaved)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
+         position_offset=0, backend: str = "auto") -> torch.Tensor:
+    """Apply RoPE (Su et al. 2021, RoFormer eq. 34) to ``x`` with one fused Triton kernel; differentiable.
+
+    * ``x``: ``[batch, seq, heads, head_dim]``, float32/float16/bfloat16, any strides (a slice of a fused
+      QKV projection works without a copy). The result is a new contiguous tensor of ``x``'s dtype; the
+      math is done in fp32.
+    * ``cos``, ``sin``: the cache ``[max_pos, rotary_dim // 2]`` of `solutions.rope.rope_cos_sin`. Any
+      `solutions.rope_scaling.rope_scaling` method works by building its cache:
+      ``rope_cos_sin(*rope_scaling(method, ...))`` with positions ``max_pos``.
+    * ``position_offset``: an int, or a ``[batch]`` integer tensor; token ``t`` of row ``b`` uses row
+      ``t + offset[b]`` of the cache (decoding with a KV cache, ragged batches). Positions past the cache
+      raise ``ValueError`` before any launch (a tensor offset costs one device sync for that check).
+    * ``interleaved``: ``False`` pairs dim i with i + rotary_dim/2 (GPT-NeoX/Llama), ``True`` pairs 2i with
+      2i+1 (GPT-J/Meta). ``rotary_dim < head_dim`` rotates the first ``rotary_dim`` dims and copies the rest.
+    * ``backend``: see `solutions.kernels.dispatch`; `solutions.kernels.last_run` says which path ran.
+
+    The backward pass is the same kernel rotating by ``-theta`` (no gradient flows to cos/sin). Agreement with
+    `rope_reference` per dtype: `TOLERANCES`.
+    """
+    offsets, offset_int = _check(x, cos, sin, position_offset)
+    run = dispatch.select_backend("rope", x.device, x.numel(), backend)
+    if run.backend == dispatch.TORCH_FALLBACK:
+        return rope_reference(x, cos, sin, interleaved=interleaved, position_offset=position_offset)
+    if x.numel() == 0:
+        return x.clone()
+    return _RopeFunction.apply(x, cos.contiguous(), sin.contiguous(), offsets, offset_int, bool(interleaved), run)
