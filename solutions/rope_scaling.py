@@ -134,7 +134,10 @@ def ntk_by_parts_ramp(
 
 
 def ntk_by_parts_inv_freq(dim, base, factor, original_max_position_embeddings, **ramp_params) -> torch.Tensor:
-    """YaRN Definition 2 (the "NTK-by-parts" interpolation, right after eq. 18): ``h(theta_d) = (1 - gamma) theta_d / s + gamma theta_d`` with gamma from the ramp."""
+    """``h(theta_d) = (1 - gamma) theta_d / s + gamma theta_d``, gamma from `ntk_by_parts_ramp`.
+
+    YaRN (Peng et al. 2024), Definition 2, the "NTK-by-parts" interpolation stated right after eq. 18.
+    """
     inv_freq = rope_inv_freq(dim, base)
     keep = ntk_by_parts_ramp(dim, base, original_max_position_embeddings, **ramp_params)
     return (1 - keep) * inv_freq / float(factor) + keep * inv_freq
