@@ -41,11 +41,13 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 def ntk_alibi_slopes(num_heads: int, factor: float) -> torch.Tensor:
     """NTK-ALiBi: ``m_h = alibi_slope_h / factor^((h-1)/(H-1))`` for heads h = 1 .. H.
 
-    The ALiBi counterpart of NTK-aware RoPE scaling (a community method, 2023; see the extrapolation
-    chapter): the steepest head (h = 1, most local, like RoPE's high frequencies) is left as trained, and the
-    gentlest head (h = H, the long-range one, like RoPE's low frequencies) is "interpolated" by dividing its
-    slope by ``factor``; the heads in between are scaled geometrically. For a power-of-two H this is
-    ``m_h = 1 / (2^(8h/H) * factor^((h-1)/(H-1)))``. With one head the slope is unchanged. ``factor >= 1``;
+    The ALiBi counterpart of NTK-aware RoPE scaling (a community method, 2023, with no paper; see the
+    NTK-ALiBi chapter): the first head is left as trained and the last is "interpolated" by dividing its
+    slope by ``factor``, with a geometric blend in between. For a power-of-two H the heads are sorted from
+    steepest (most local, like RoPE's fast pairs) to gentlest (like RoPE's slow pairs), and this is
+    ``m_h = 1 / (2^(8h/H) * factor^((h-1)/(H-1)))``. For other head counts ALiBi's slopes are not sorted by
+    index (12 heads: the steepest is head 9), and the divisor still follows the head index, as the formula
+    is written; the chapter shows the consequence. With one head the slope is unchanged. ``factor >= 1``;
     factor 1 gives plain ALiBi.
     """
     require_positive_int(num_heads, "num_heads")
