@@ -12,7 +12,7 @@ bytes (2 GB for 32 heads at 4k) and as much memory traffic as the attention itse
 * ALiBi (Press, Smith, Lewis, "Train Short, Test Long", ICLR 2022): ``-slope_h * (i - j)`` is one multiply per
   score, computed from the query and key indices already in registers. ``alibi_slopes`` is ``[heads]``.
 * T5 (Raffel et al., JMLR 2020, section 2.1): the bias depends only on the head and the offset ``j - i``, so the
-  kernel gathers it from a ``[heads, q_len + k_len - 1]`` vector: O(L) memory, ~1 MB at 16k, cache resident.
+  kernel gathers it from a ``[heads, q_len + k_len - 1]`` vector: O(L) memory, 4 MiB at 16k tokens and 32 heads.
   `t5_bias_by_offset` builds that vector from a `solutions.t5.T5RelativeBias` (or its table) with the
   reference `t5_relative_position_bucket`. Why this form rather than bucketing inside the kernel: the
   bucket of an offset is ``floor(log(d / e) / log(D / e) * n)``, and at offsets where that product is an exact

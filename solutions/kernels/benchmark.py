@@ -31,6 +31,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -456,6 +457,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one shape per kernel, fewer repetitions")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     args = parser.parse_args(argv)
+    # Create the output folders before measuring: a missing folder must not waste a whole GPU run.
+    for path in filter(None, (args.out, args.plot)):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     results = run(quick=args.quick, device=args.device)
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=1)

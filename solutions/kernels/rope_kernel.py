@@ -10,7 +10,7 @@ The torch oracle is `solutions.rope.apply_rope` (wrapped for this layout by `rop
 holds the kernel, its launcher and the autograd wrapper, in the style of the Triton tutorials (Tillet et al.,
 MAPL 2019).
 
-Why a kernel at all: RoPE does ~6 flops per element and moves 2 elements (read x, write y), so it is purely
+Why a kernel at all: RoPE does ~6 flops per pair (3 per element) and moves 2 elements (read x, write y), so it is purely
 memory-bound. The eager torch version reads and writes x several times (slices, products, ``cat``) and
 launches a dozen kernels; one fused pass that reads x once, reads one cos/sin row per token (shared by all
 heads) and writes y once is the whole optimisation. The target is the device's copy bandwidth.
@@ -36,7 +36,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 TOLERANCES = {
     # Both sides compute in fp32 and round once to the output dtype, so they differ by at most a rounding of
-    # the last bit plus fp32 reassociation: fp32 is tight, fp16/bf16 allow one unit in the last place.
+    # the last bit plus fp32 reassociation: fp32 is tight, fp16/bf16 allow one unit in the last place. (The
+    # Triton 3.9 interpreter truncates fp32 -> bf16 where torch and compiled Triton round to nearest: also
+    # one unit in the last place.)
     torch.float32: dict(atol=1e-6, rtol=1e-5),
     torch.float16: dict(atol=1e-3, rtol=1e-3),
     torch.bfloat16: dict(atol=1e-2, rtol=1e-2),
@@ -61,7 +63,7 @@ def _rope_kernel(
     # (token, head).
     row = tl.program_id(0)
     head_block = tl.program_id(1)
-    # int64 before multiplying by strides: batch * seq * heads * dim overflows int32 at 2^31 elements.
+    # int64 before multiplying by strides: batch * seq * heads * dim overflows int32 past 2^31 - 1 elements.
     b = (row // seq_len).to(tl.int64)
     s = (row % seq_len).to(tl.int64)
     if HAS_OFFSETS:
