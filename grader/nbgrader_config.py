@@ -18,3 +18,14 @@ c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
 c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
 # Student code is untrusted: every cell gets a time limit when autograding.
 c.ExecutePreprocessor.timeout = 120
+
+# --- Added with the assignments and the CLI (`python -m grader`, see README.md in this folder). ---
+# A test cell the student deleted is put back from the gradebook when autograding (the CLI restores deleted
+# cells itself before nbgrader runs, and records each one; this is the same protection for plain `nbgrader`).
+c.OverwriteCells.add_missing_cells = True
+# Output kept per cell in autograded notebooks and in feedback.
+c.LimitOutput.max_lines = 1000
+c.LimitOutput.max_traceback = 100
+# The CLI also swaps in `grader.nbgrader_ext.GraderExecute` (kernel deaths, hung kernels, output floods) and
+# `grader.nbgrader_ext.SanitizeFeedback` (no hidden tests in feedback). Prefer `python -m grader feedback` to
+# plain `nbgrader generate_feedback`, whose HTML shows the hidden tests of the autograded notebook.

@@ -1,0 +1,449 @@
+"""The checking library recognises each common mistake, proved with a deliberately wrong implementation.
+
+Every wrong function below is written the way a student would get it wrong (not by transforming the
+reference), and each test asserts that the check fails *and* that its message names the mistake. The
+correct implementations are the reference functions themselves, and must pass.
+"""
+
+import math
+import threading
+
+import pytest
+import torch
+
+import solutions
+from grader import checks, references
+from grader.checks import CheckFailed
+
+
+def failure(check, *args, **kwargs) -> str:
+    with pytest.raises(CheckFailed) as info:
+        check(*args, **kwargs)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ RoPE
+
+
+def rope_rotate(x, cos, sin, pairing, direction=1, swap=False):
+    """A student-style RoPE with a configurable bug: ``pairing`` is 'half' or 'even-odd'."""
+    if swap:
+        cos, sin = sin, cos
+    if pairing == "half":
+        a, b = x.chunk(2, dim=-1)
+    else:
+        a, b = x[..., 0::2], x[..., 1::2]
+    new_a = a * cos - direction * b * sin
+    new_b = b * cos + direction * a * sin
+    if pairing == "half":
+        return torch.cat((new_a, new_b), dim=-1)
+    return torch.stack((new_a, new_b), dim=-1).flatten(-2)
+
+
+def test_correct_apply_rope_passes_both_layouts(capsys):
+    checks.check_apply_rope(solutions.apply_rope, interleaved=False)
+    checks.check_apply_rope(solutions.apply_rope, interleaved=True, hidden=True, seed=3, shapes=[(1, 2, 7, 16)])
+    assert "match the reference" in capsys.readouterr().out
+
+
+def test_wrong_layout_is_named_for_each_layout():
+    def always_interleaved(x, cos, sin, interleaved=False):
+        return rope_rotate(x, cos, sin, "even-odd")
+
+    def always_half_split(x, cos, sin, interleaved=False):
+        return rope_rotate(x, cos, sin, "half")
+
+    message = failure(checks.check_apply_rope, always_interleaved, interleaved=False)
+    assert "Wrong RoPE layout" in message and "interleaved layout" in message and "half-split" in message
+    message = failure(checks.check_apply_rope, always_half_split, interleaved=True)
+    assert "Wrong RoPE layout" in message and "half-split layout" in message
+
+
+def test_cos_and_sin_swapped():
+    message = failure(checks.check_apply_rope, lambda x, c, s, interleaved=False: rope_rotate(x, c, s, "half", swap=True),
+                      interleaved=False)
+    assert "cos and sin are swapped" in message
+
+
+def test_rotation_in_the_wrong_direction():
+    message = failure(checks.check_apply_rope,
+                      lambda x, c, s, interleaved=False: rope_rotate(x, c, s, "half", direction=-1), interleaved=False)
+    assert "wrong way" in message
+
+
+def test_positions_off_by_one_in_cos_sin():
+    def cos_sin_from_one(inv_freq, positions):
+        angles = (positions + 1)[..., None].float() * inv_freq
+        return torch.cos(angles), torch.sin(angles)
+
+    message = failure(checks.check_rope_cos_sin, cos_sin_from_one)
+    assert "Positions off by one" in message and "position p + 1" in message
+
+
+def test_positions_off_by_one_in_the_sinusoidal_encoding():
+    def encoding_from_one(num_positions, dim, base=10000.0):
+        positions = torch.arange(1, num_positions + 1, dtype=torch.float64)[:, None]
+        angles = positions * base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        out = torch.empty(num_positions, dim, dtype=torch.float64)
+        out[:, 0::2], out[:, 1::2] = torch.sin(angles), torch.cos(angles)
+        return out.float()
+
+    assert "Positions off by one" in failure(checks.check_sinusoidal_encoding, encoding_from_one)
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda dim, base=10000.0: base ** (-torch.arange(dim // 2, dtype=torch.float32) / dim), "exponent i/d"),
+    (lambda dim, base=10000.0: base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim), "minus sign"),
+    (lambda dim, base=10000.0: base ** (-torch.arange(2, dim + 1, 2, dtype=torch.float32) / dim), "shifted by one index"),
+    (lambda dim, base=10000.0: base ** (-torch.arange(dim, dtype=torch.float32) / dim), "one frequency per coordinate"),
+    (lambda dim, base=10000.0: (1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.bfloat16) / dim)).float(), "bfloat16"),
+])
+def test_inv_freq_with_the_wrong_exponent(wrong, words):
+    assert words in failure(checks.check_rope_inv_freq, wrong)
+
+
+def test_sinusoidal_layout_mistakes_and_exponent():
+    def cos_first(num_positions, dim, base=10000.0):
+        return solutions.sinusoidal_encoding(num_positions, dim, base).view(num_positions, -1, 2).flip(-1).reshape(
+            num_positions, dim)
+
+    def halves(num_positions, dim, base=10000.0):
+        p = torch.arange(num_positions, dtype=torch.float64)[:, None]
+        angles = p * base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        return torch.cat((torch.sin(angles), torch.cos(angles)), dim=1).float()
+
+    def exponent_i_over_d(num_positions, dim, base=10000.0):
+        p = torch.arange(num_positions, dtype=torch.float64)[:, None]
+        angles = p * base ** (-torch.arange(dim // 2, dtype=torch.float64) / dim)
+        return torch.stack((torch.sin(angles), torch.cos(angles)), -1).flatten(-2).float()
+
+    assert "sin and cos are swapped" in failure(checks.check_sinusoidal_encoding, cos_first)
+    assert "first half of the columns" in failure(checks.check_sinusoidal_encoding, halves)
+    assert "exponent i/d" in failure(checks.check_sinusoidal_encoding, exponent_i_over_d)
+
+
+def test_shift_matrix_transposed():
+    def transposed(offset, dim, base=10000.0):
+        return solutions.sinusoidal_shift_matrix(offset, dim, base).T.contiguous()
+
+    assert "PE(p - k)" in failure(checks.check_shift_matrix, transposed)
+    checks.check_shift_matrix(solutions.sinusoidal_shift_matrix, hidden=True, cases=[(7, 16), (0, 2)])
+
+
+# ------------------------------------------------------------------------------------------------ ALiBi / T5
+
+
+def student_alibi(slopes, query_length, key_length=None, *, sign=-1, mask="inf", mask_diagonal=False, align="end"):
+    key_length = query_length if key_length is None else key_length
+    start = key_length - query_length if align == "end" else 0
+    i = torch.arange(start, start + query_length)[:, None]
+    j = torch.arange(key_length)[None, :]
+    distance = (i - j).float()
+    bias = sign * slopes[:, None, None] * distance
+    future = j > i if not mask_diagonal else j >= i
+    if mask == "inf":
+        bias = bias.masked_fill(future, float("-inf"))
+    elif mask == "zero":
+        bias = bias.masked_fill(future, 0.0)
+    elif mask == "big":
+        bias = bias.masked_fill(future, -1e9)
+    return bias
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(sign=+1), "wrong sign"),
+    (dict(mask=None), "future half is not masked"),
+    (dict(mask="zero"), "set to 0 instead of -inf"),
+    (dict(mask="big"), "large negative number"),
+    (dict(mask_diagonal=True), "masked the diagonal"),
+    (dict(align="start"), "queries start at position 0"),
+])
+def test_alibi_bias_mistakes(options, words):
+    assert words in failure(checks.check_alibi_bias, lambda s, q, k=None: student_alibi(s, q, k, **options))
+
+
+def test_alibi_symmetric_bias_without_mask():
+    def symmetric(slopes, q, k=None):
+        return solutions.alibi_bias(slopes, q, k, causal=False)
+
+    assert "future half is not masked" in failure(checks.check_alibi_bias, symmetric)
+    checks.check_alibi_bias(lambda s, q, k=None: student_alibi(s, q, k), hidden=True, cases=[(12, 3, 9)])
+
+
+def test_alibi_slopes_mistakes():
+    def naive(n):
+        return torch.tensor([2 ** (-8 * (h + 1) / n) for h in range(n)])
+
+    def from_one(n):
+        return torch.tensor([2 ** (-8 * h / n) for h in range(n)])
+
+    assert "not a power of two" in failure(checks.check_alibi_slopes, naive, head_counts=(12,))
+    assert "start at 1" in failure(checks.check_alibi_slopes, from_one)
+    assert "reverse order" in failure(checks.check_alibi_slopes, lambda n: solutions.alibi_slopes(n).flip(0))
+    checks.check_alibi_slopes(solutions.alibi_slopes, head_counts=(12, 5, 3), hidden=True)
+
+
+def test_t5_sign_and_direction():
+    def query_minus_key(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+        return solutions.t5_relative_position_bucket(-relative_position, bidirectional, num_buckets, max_distance)
+
+    assert "wrong sign" in failure(checks.check_t5_bucket, query_minus_key, bidirectional=True)
+    assert "wrong sign" in failure(checks.check_t5_bucket, query_minus_key, bidirectional=False)
+
+    def ignores_flag(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+        return solutions.t5_relative_position_bucket(relative_position, True, num_buckets, max_distance)
+
+    assert "asks for the causal ones" in failure(checks.check_t5_bucket, ignores_flag, bidirectional=False)
+    checks.check_t5_bucket(solutions.t5_relative_position_bucket, bidirectional=False, hidden=True, seed=5)
+
+
+def test_relative_positions_sign():
+    def query_minus_key(q, k):
+        return -solutions.t5.relative_positions(q, k)
+
+    assert "sign is flipped" in failure(checks.check_relative_positions, query_minus_key)
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+
+
+def test_pi_applied_as_a_base_change():
+    def pi_as_base(method, dim, base, factor, original_max_position_embeddings, seq_len=None):
+        return solutions.rope_inv_freq(dim, base * factor), 1.0
+
+    assert "Position Interpolation applied as a base change" in failure(checks.check_rope_scaling, pi_as_base, "linear")
+    checks.check_rope_scaling(solutions.rope_scaling, "linear")
+
+
+def test_yarn_attention_factor_missing_or_applied_once():
+    def no_factor(method, dim, base, factor, original_max_position_embeddings, seq_len=None):
+        return solutions.rope_scaling(method, dim, base, factor, original_max_position_embeddings)[0], 1.0
+
+    assert "attention factor is missing" in failure(checks.check_rope_scaling, no_factor, "yarn")
+    checks.check_rope_scaling(solutions.rope_scaling, "yarn")
+
+    def once_on_cos_sin(dim, base, factor, original, positions):
+        inv_freq, attention_factor = solutions.rope_scaling("yarn", dim, base, factor, original)
+        return solutions.rope_cos_sin(inv_freq, positions, math.sqrt(attention_factor))
+
+    def missing_on_cos_sin(dim, base, factor, original, positions):
+        inv_freq, _ = solutions.rope_scaling("yarn", dim, base, factor, original)
+        return solutions.rope_cos_sin(inv_freq, positions)
+
+    assert "applied only once" in failure(checks.check_yarn_cos_sin, once_on_cos_sin)
+    assert "attention factor is missing" in failure(checks.check_yarn_cos_sin, missing_on_cos_sin)
+
+    def logits_factor_once(q, k, q_positions, k_positions, base, factor, original):
+        inv_freq, attention_factor = solutions.rope_scaling("yarn", q.shape[-1], base, factor, original)
+        cq, sq = solutions.rope_cos_sin(inv_freq, q_positions)
+        ck, sk = solutions.rope_cos_sin(inv_freq, k_positions)
+        return attention_factor * solutions.apply_rope(q, cq, sq) @ solutions.apply_rope(k, ck, sk).T
+
+    assert "applied only once" in failure(checks.check_yarn_logits, logits_factor_once)
+    checks.check_yarn_logits(references.yarn_logits)
+
+
+# ------------------------------------------------------------------------------------------------ MLA, Part 1
+
+
+def test_mla_mistakes_and_equality():
+    def content_only(q_nope, q_rope, latent, k_rope, w_uk, scale):
+        return (q_nope @ (latent @ w_uk.T).T) * scale
+
+    def unscaled(q_nope, q_rope, latent, k_rope, w_uk, scale):
+        return q_nope @ w_uk @ latent.T + q_rope @ k_rope.T
+
+    assert "only the content part" in failure(checks.check_naive_latent_scores, content_only)
+    assert "not multiplied by `scale`" in failure(checks.check_absorbed_latent_scores, unscaled)
+    checks.check_absorbed_equals_naive(references.naive_latent_scores, references.absorbed_latent_scores)
+    message = failure(checks.check_absorbed_equals_naive, references.naive_latent_scores, unscaled)
+    assert "disagree" in message
+
+    def per_head(kind, *, num_heads=None, head_dim=None, num_kv_heads=None, kv_lora_rank=None, qk_rope_head_dim=None):
+        if kind == "mla":
+            return num_heads * (kv_lora_rank + qk_rope_head_dim)
+        return solutions.kv_cache_elements_per_token(kind, num_heads=num_heads, head_dim=head_dim,
+                                                     num_kv_heads=num_kv_heads)
+
+    assert "shared by all heads" in failure(checks.check_kv_cache_elements, per_head)
+    checks.check_kv_cache_elements(solutions.kv_cache_elements_per_token)
+
+
+def test_decoupled_score_not_rotated():
+    def unrotated(q_nope, q_rope, k_nope, k_rope, q_positions, k_positions, inv_freq, scale):
+        return (q_nope @ k_nope.T + q_rope @ k_rope.T) * scale
+
+    assert "not rotated" in failure(checks.check_decoupled_rope_scores, unrotated)
+    checks.check_decoupled_rope_scores(references.decoupled_rope_scores)
+
+
+def test_permutation_detector_and_student_test_grading():
+    def correct(f, x, perm):
+        return bool(torch.allclose(f(x[perm]), f(x)[perm], atol=1e-5))
+
+    def invariance(f, x, perm):
+        return bool(torch.allclose(f(x[perm]), f(x), atol=1e-5))
+
+    checks.check_permutation_detector(correct)
+    checks.check_permutation_detector(correct, identity=True, hidden=True, seed=4)
+    assert "permute the rows of the output" in failure(checks.check_permutation_detector, invariance)
+
+    def good_test(rotate):
+        g = torch.Generator().manual_seed(0)
+        q, k = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+        for m, n in [(0, 3), (2, 7), (5, 1)]:
+            for t in (1, 10, 50):
+                assert torch.allclose(rotate(q, m) @ rotate(k, n), rotate(q, m + t) @ rotate(k, n + t), atol=1e-8)
+
+    def weak_test(rotate):
+        q = torch.ones(4, dtype=torch.float64)
+        assert torch.allclose(rotate(q, 0) @ rotate(q, 0), q @ q)
+
+    checks.check_relative_property_test(good_test)
+    checks.check_relative_property_test(good_test, hidden=True)
+    assert "does not have the relative property" in failure(checks.check_relative_property_test, weak_test)
+
+    def always_fails(rotate):
+        assert False, "no"
+
+    assert "rejected a correct implementation" in failure(checks.check_relative_property_test, always_fails)
+
+
+# ------------------------------------------------------------------------------------------------ generic behaviour
+
+
+def test_an_infinite_loop_fails_with_a_time_limit_message(monkeypatch):
+    monkeypatch.setattr(checks, "DEFAULT_TIME_LIMIT", 0.3)
+
+    def forever(dim, base=10000.0):
+        while True:
+            try:
+                pass
+            except BaseException:  # a student swallowing everything still gets stopped
+                pass
+
+    message = failure(checks.check_rope_inv_freq, forever)
+    assert "did not return within 0.3 s" in message
+
+
+def test_the_time_limit_also_works_off_the_main_thread():
+    outcome = {}
+
+    def run():
+        try:
+            checks.call_with_time_limit(lambda: __import__("time").sleep(5), seconds=0.2)
+        except checks.CallTimeout:
+            outcome["timed out"] = True
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(3)
+    assert outcome == {"timed out": True}
+
+
+def test_shape_dtype_nan_in_place_and_unimplemented_messages():
+    assert "has shape [4, 8], expected [8, 4]" in failure(
+        checks.check_rope_cos_sin, lambda f, p: tuple(t.T for t in solutions.rope_cos_sin(f, p)),
+        cases=[(8, (0, 1, 2, 3, 4, 5, 6, 7))])
+    assert "dtype torch.float64" in failure(checks.check_rope_inv_freq,
+                                            lambda dim, base=10000.0: solutions.rope_inv_freq(dim, base).double())
+    assert "contains NaN" in failure(checks.check_rope_inv_freq,
+                                     lambda dim, base=10000.0: solutions.rope_inv_freq(dim, base) * float("nan"))
+
+    def in_place(x, cos, sin, interleaved=False):
+        out = solutions.apply_rope(x, cos, sin, interleaved)
+        x.zero_()
+        return out
+
+    assert "in place" in failure(checks.check_apply_rope, in_place, interleaved=False)
+
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    assert "not implemented yet" in failure(checks.check_rope_inv_freq, stub)
+
+    def crashes(dim, base=10000.0):
+        return torch.arange(dim) @ torch.ones(3)
+
+    message = failure(checks.check_rope_inv_freq, crashes)
+    assert "raised RuntimeError" in message and "line" in message and "torch.arange(dim) @ torch.ones(3)" in message
+
+
+def test_hidden_failures_show_no_expected_values():
+    def off(dim, base=10000.0):
+        return solutions.rope_inv_freq(dim, base) * 1.001
+
+    visible = failure(checks.check_rope_inv_freq, off)
+    hidden = failure(checks.check_rope_inv_freq, off, hidden=True, cases=[(32, 123.0)])
+    assert "expected" in visible and "yours is" in visible
+    assert "hidden case 1 of 1" in hidden and "largest absolute error" in hidden
+    assert "yours is" not in hidden and "expected" not in hidden
+    reference_values = [f"{v:.6g}" for v in solutions.rope_inv_freq(32, 123.0).tolist()[1:]]
+    assert not any(value in hidden for value in reference_values)
+
+
+def test_stderr_and_warnings_of_the_student_do_not_leak_to_stderr(capfd):
+    import sys
+    import warnings
+
+    def noisy(dim, base=10000.0):
+        print("debug", file=sys.stderr)
+        warnings.warn("a warning")
+        return solutions.rope_inv_freq(dim, base)
+
+    checks.check_rope_inv_freq(noisy)
+    captured = capfd.readouterr()
+    assert captured.err == "" and "debug" in captured.out
+
+
+def test_a_triton_kernel_is_checked_through_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when @triton.jit decorates: the kernels below are interpreted
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def good(X, OUT, INV_FREQ, stride_row, position_offset, HALF: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.arange(0, HALF)
+        angle = (row + position_offset).to(tl.float32) * tl.load(INV_FREQ + i)
+        cos, sin = tl.cos(angle), tl.sin(angle)
+        x1, x2 = tl.load(X + row * stride_row + i), tl.load(X + row * stride_row + HALF + i)
+        tl.store(OUT + row * stride_row + i, x1 * cos - x2 * sin)
+        tl.store(OUT + row * stride_row + HALF + i, x2 * cos + x1 * sin)
+
+    @triton.jit
+    def even_odd(X, OUT, INV_FREQ, stride_row, position_offset, HALF: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.arange(0, HALF)
+        angle = (row + position_offset).to(tl.float32) * tl.load(INV_FREQ + i)
+        cos, sin = tl.cos(angle), tl.sin(angle)
+        x1, x2 = tl.load(X + row * stride_row + 2 * i), tl.load(X + row * stride_row + 2 * i + 1)
+        tl.store(OUT + row * stride_row + 2 * i, x1 * cos - x2 * sin)
+        tl.store(OUT + row * stride_row + 2 * i + 1, x2 * cos + x1 * sin)
+
+    @triton.jit
+    def no_offset(X, OUT, INV_FREQ, stride_row, position_offset, HALF: tl.constexpr):
+        row = tl.program_id(0)
+        i = tl.arange(0, HALF)
+        angle = row.to(tl.float32) * tl.load(INV_FREQ + i)
+        cos, sin = tl.cos(angle), tl.sin(angle)
+        x1, x2 = tl.load(X + row * stride_row + i), tl.load(X + row * stride_row + HALF + i)
+        tl.store(OUT + row * stride_row + i, x1 * cos - x2 * sin)
+        tl.store(OUT + row * stride_row + HALF + i, x2 * cos + x1 * sin)
+
+    @triton.jit
+    def stub(X, OUT, INV_FREQ, stride_row, position_offset, HALF: tl.constexpr):
+        raise NotImplementedError()
+
+    def launcher(kernel):
+        def run(x, inv_freq, position_offset=0):
+            out = torch.empty_like(x)
+            kernel[(x.shape[0],)](x, out, inv_freq, x.stride(0), position_offset, HALF=x.shape[1] // 2)
+            return out
+        return run
+
+    checks.check_rope_kernel(launcher(good))
+    assert "Wrong RoPE layout" in failure(checks.check_rope_kernel, launcher(even_odd))
+    assert "position offset is ignored" in failure(checks.check_rope_kernel, launcher(no_offset))
+    assert "not implemented yet" in failure(checks.check_rope_kernel, launcher(stub))

@@ -1,0 +1,315 @@
+"""A simulated class graded end to end through the instructor CLI (``python -m grader``).
+
+One session builds a temporary copy of the course, generates every assignment, and autogrades one batch:
+
+* ``ada`` submits the source solutions of every assignment (full marks expected);
+* ``bo`` submits the untouched release of every assignment (0 expected, graded without error);
+* on ``part3_rope`` only, the bad-submission zoo, as a flat zip-collect folder of ``<student>_part3_rope.ipynb``:
+  ``carol`` swaps the RoPE layouts, ``dave`` loops forever in a cell, ``erin`` kills the kernel, ``frank``
+  deletes a test cell, ``grace`` hands in corrupt JSON, ``heidi`` imports ``solutions``, and ``ivan`` runs past
+  the memory limit and floods the output.
+
+Each notebook starts a kernel and imports torch, so grading is the slow part of the suite: the zoo runs on
+one assignment only, and every test below reads the results of that one batch. The repository tree is never
+written to: the course is a copy, and the gradebook is a separate SQLite file given with ``--db``.
+"""
+
+import csv
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = ["part1_foundations", "part2_relative", "part3_rope", "part4_mla"]
+ZOO = "part3_rope"
+CELL_TIMEOUT = 10
+MEMORY_MB = 3000
+LAYOUT_TESTS = {f"test_apply_rope_{kind}_{part}" for kind in ("half_split", "interleaved", "partial")
+                for part in ("visible", "hidden")}
+
+
+def run_cli(course, *args, timeout=1200):
+    command = [sys.executable, "-m", "grader", *map(str, args), "--course-dir", str(course.dir), "--db", course.db]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+GENERATED = ("release", "submitted", "autograded", "feedback", ".grader", "gradebook.db", "grades.csv",
+             "grading_report.csv")
+
+
+def grader_tree():
+    """What nbgrader or the CLI could have written into the repository's course folder."""
+    return sorted(name for name in GENERATED if (REPO / "grader" / name).exists())
+
+
+def cell(nb, grade_id):
+    return next(c for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def points(assignment):
+    nb = nbformat.read(REPO / "grader" / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"] for c in nb.cells
+            if c.get("metadata", {}).get("nbgrader", {}).get("grade")}
+
+
+def zoo(source):
+    """The bad submissions, each made from the source solutions with one thing wrong."""
+    def edited(grade_id, change):
+        nb = nbformat.from_dict(json.loads(json.dumps(source)))
+        target = cell(nb, grade_id)
+        target.source = change(target.source)
+        return nb
+
+    def swap_layouts(src):
+        return (src.replace("if interleaved:\n        first", "if not interleaved:\n        first")
+                   .replace("if interleaved:\n        rotated", "if not interleaved:\n        rotated"))
+
+    deleted = nbformat.from_dict(json.loads(json.dumps(source)))
+    deleted.cells = [c for c in deleted.cells
+                     if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") != "test_apply_rope_half_split_visible"]
+    chaos = edited("rope_inv_freq", lambda s: s + "\n\n_big = torch.empty(2 ** 30)  # 4 GiB: past the memory limit\n")
+    cell(chaos, "permute_qk_weight_to_half_split").source += "\n\nfor _ in range(20000):\n    print('x' * 100)\n"
+    return {
+        "carol": edited("apply_rope", swap_layouts),
+        "dave": edited("rope_cos_sin", lambda s: "import time\nwhile True:\n    time.sleep(0.05)\n\n" + s),
+        "erin": edited("permute_qk_weight_to_half_split", lambda s: "import os\nos._exit(1)\n\n" + s),
+        "frank": deleted,
+        "grace": '{"cells": [{"cell_type": "code", "source": "def apply_rope(',
+        "heidi": edited("rope_inv_freq", lambda s: "from solutions import rope_inv_freq\n"),
+        "ivan": chaos,
+    }
+
+
+@pytest.fixture(scope="session")
+def course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class")
+    course_dir = root / "course"
+    shutil.copytree(REPO / "grader", course_dir, ignore=shutil.ignore_patterns(
+        "__pycache__", "release", "submitted", "autograded", "feedback", ".grader", "gradebook.db", "*.csv"))
+    course = SimpleNamespace(dir=course_dir, db=f"sqlite:///{root / 'class_gradebook.db'}", root=root,
+                             repo_tree=grader_tree())
+    generated = run_cli(course, "generate")
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    course.generate_output = generated.stdout
+    return course
+
+
+@pytest.fixture(scope="session")
+def graded(course):
+    incoming = course.root / "incoming"
+    for assignment in ASSIGNMENTS:
+        for student, kind in (("ada", "source"), ("bo", "release")):
+            folder = incoming / student / assignment
+            folder.mkdir(parents=True)
+            shutil.copy(course.dir / kind / assignment / f"{assignment}.ipynb", folder)
+    source = nbformat.read(course.dir / "source" / ZOO / f"{ZOO}.ipynb", as_version=4)
+    for student, nb in zoo(source).items():
+        path = incoming / f"{student}_{ZOO}.ipynb"
+        if isinstance(nb, str):
+            path.write_text(nb)
+        else:
+            nbformat.write(nb, path)
+    started = time.monotonic()
+    result = run_cli(course, "autograde", "--submissions", incoming, "--cell-timeout", CELL_TIMEOUT,
+                     "--memory-mb", MEMORY_MB)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    feedback = run_cli(course, "feedback", ZOO)
+    assert feedback.returncode == 0, feedback.stdout + feedback.stderr
+    export = run_cli(course, "export", "--to", course.root / "export" / "grades.csv")
+    assert export.returncode == 0, export.stdout + export.stderr
+
+    from grader.course import Course
+
+    gradebook = {}
+    with Course(course.dir, course.db).gradebook() as gb:
+        for assignment in ASSIGNMENTS:
+            for submission in gb.assignment_submissions(assignment):
+                gradebook[(assignment, submission.student_id)] = {
+                    g.name: g.score for nb in submission.notebooks for g in nb.grades}
+    ledger = json.loads((course.dir / ".grader" / "ledger.json").read_text())
+    return SimpleNamespace(stdout=result.stdout, seconds=seconds, gradebook=gradebook, ledger=ledger,
+                           incoming=incoming, feedback=feedback.stdout, export=export.stdout)
+
+
+def entry(graded, assignment, student):
+    return graded.ledger[f"{assignment}/{student}"]
+
+
+def lost(graded, assignment, student):
+    """The test cells that scored less than their points."""
+    scores = graded.gradebook[(assignment, student)]
+    return {name for name, full in points(assignment).items() if scores[name] < full}
+
+
+def feedback_text(course, student):
+    page = (course.dir / "feedback" / student / ZOO / f"{ZOO}.html").read_text()
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_generate_reports_every_assignment(course):
+    for assignment in ASSIGNMENTS:
+        assert re.search(rf"^{assignment}: \d+ test cells, \d+ points", course.generate_output, re.M)
+        assert (course.dir / "release" / assignment / f"{assignment}.ipynb").is_file()
+
+
+def test_the_batch_completes_with_a_line_per_submission_and_a_summary(graded):
+    lines = re.findall(r"^\[\s*(\d+)/(\d+)\] (\S+) / (\S+): (\w+)", graded.stdout, re.M)
+    assert len(lines) == 2 * len(ASSIGNMENTS) + 7
+    assert {status for *_, status in lines} <= {"graded", "zeroed"}
+    summary = re.search(r"Summary: (\d+) submission\(s\): (\d+) graded, (\d+) zeroed .*?, (\d+) failed", graded.stdout)
+    assert summary and summary.groups() == ("15", "13", "2", "0")
+    assert re.search(r"submissions per minute", graded.stdout)
+    print(f"\nsimulated class: 15 submissions graded in {graded.seconds:.0f} s "
+          f"({60 * 15 / graded.seconds:.1f} per minute)")
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_the_source_solutions_score_full_marks(graded, assignment):
+    record = entry(graded, assignment, "ada")
+    assert record["status"] == "graded" and record["score"] == record["max_score"] == sum(points(assignment).values())
+    assert not lost(graded, assignment, "ada")
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_the_untouched_release_scores_zero_without_error(course, graded, assignment):
+    record = entry(graded, assignment, "bo")
+    assert record["status"] == "graded" and record["score"] == 0 and record["max_score"] > 0
+    assert not record["notes"], record["notes"]  # nothing deleted, edited, flagged, timed out or killed
+    autograded = nbformat.read(course.dir / "autograded" / "bo" / assignment / f"{assignment}.ipynb", as_version=4)
+    setup = cell(autograded, "setup")
+    assert not [o for o in setup.outputs if o.output_type == "error"], "the checks could not be imported"
+    errors = [o.evalue for c in autograded.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade")
+              for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors and all("not implemented yet" in e for e in errors)
+
+
+def test_a_wrong_layout_loses_exactly_the_layout_tests_and_the_feedback_says_so(course, graded):
+    assert lost(graded, ZOO, "carol") == LAYOUT_TESTS
+    record = entry(graded, ZOO, "carol")
+    assert record["score"] == record["max_score"] - sum(points(ZOO)[name] for name in LAYOUT_TESTS)
+    text = feedback_text(course, "carol")
+    assert "Wrong RoPE layout" in text and "half-split layout" in text and "interleaved layout" in text
+
+
+def test_an_infinite_loop_is_stopped_by_the_cell_timeout_and_costs_only_its_function(graded):
+    record = entry(graded, ZOO, "dave")
+    assert record["status"] == "graded"
+    assert any(note.startswith("cell timeout in rope_cos_sin") for note in record["notes"]), record["notes"]
+    assert lost(graded, ZOO, "dave") == {"test_rope_cos_sin_visible", "test_rope_cos_sin_hidden"}
+
+
+def test_a_killed_kernel_is_restarted_and_costs_only_its_function(graded):
+    record = entry(graded, ZOO, "erin")
+    assert record["status"] == "graded"
+    assert any(note.startswith("kernel died in permute_qk_weight_to_half_split") for note in record["notes"])
+    assert lost(graded, ZOO, "erin") == {"test_permute_visible", "test_permute_hidden"}
+
+
+def test_a_deleted_test_cell_is_restored_and_graded(graded):
+    record = entry(graded, ZOO, "frank")
+    assert "deleted test cell test_apply_rope_half_split_visible: restored from the gradebook" in record["notes"]
+    assert record["score"] == record["max_score"]
+    assert graded.gradebook[(ZOO, "frank")]["test_apply_rope_half_split_visible"] == 1
+
+
+def test_a_corrupt_notebook_and_a_flagged_one_are_zeroed_with_a_reason(course, graded):
+    grace, heidi = entry(graded, ZOO, "grace"), entry(graded, ZOO, "heidi")
+    assert grace["status"] == "zeroed" and grace["score"] == 0 and "not valid JSON" in grace["reason"]
+    assert heidi["status"] == "zeroed" and heidi["score"] == 0
+    assert "flagged by the static scan" in heidi["reason"] and "`solutions`" in heidi["reason"]
+    assert "not valid JSON" in feedback_text(course, "grace")
+    for student in ("grace", "heidi"):  # zero, but a complete grade: every test cell has one
+        assert set(graded.gradebook[(ZOO, student)]) == set(points(ZOO))
+    summary = graded.stdout.split("Summary:")[1]
+    assert "zeroed  part3_rope/grace: the notebook is not valid JSON" in summary
+    assert "zeroed  part3_rope/heidi: flagged by the static scan" in summary
+
+
+def test_runaway_memory_and_output_are_contained_and_recorded(course, graded):
+    record = entry(graded, ZOO, "ivan")
+    assert record["score"] == record["max_score"]
+    assert any(note.startswith("memory in rope_inv_freq") for note in record["notes"]), record["notes"]
+    assert any(note.startswith("output truncated in permute_qk_weight_to_half_split") for note in record["notes"])
+    autograded = (course.dir / "autograded" / "ivan" / ZOO / f"{ZOO}.ipynb").stat().st_size
+    assert autograded < 1_000_000  # 2 MB were printed
+
+
+def test_feedback_never_shows_hidden_tests(course, graded):
+    source = nbformat.read(course.dir / "source" / ZOO / f"{ZOO}.ipynb", as_version=4)
+    hidden_lines = set()
+    for c in source.cells:
+        if "### BEGIN HIDDEN TESTS" in c.source:
+            block = c.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0]
+            hidden_lines |= {line.strip() for line in block.splitlines() if len(line.strip()) > 20}
+    assert hidden_lines
+    for student in ("ada", "carol", "grace"):
+        text = feedback_text(course, student)
+        assert "BEGIN HIDDEN TESTS" not in text and "hidden tests: not shown" in text
+        assert not [line for line in hidden_lines if line in text]
+
+
+def test_grades_are_exported(course, graded):
+    with open(course.root / "export" / "grades.csv") as handle:
+        rows = {(r["assignment"], r["student_id"]): r for r in csv.DictReader(handle)}
+    for assignment in ASSIGNMENTS:
+        assert float(rows[(assignment, "ada")]["score"]) == sum(points(assignment).values())
+        assert float(rows[(assignment, "bo")]["score"]) == 0
+    assert float(rows[(ZOO, "carol")]["score"]) == entry(graded, ZOO, "carol")["score"]
+    with open(course.root / "export" / "grading_report.csv") as handle:
+        report = {(r["assignment"], r["student"]): r for r in csv.DictReader(handle)}
+    assert report[(ZOO, "grace")]["status"] == "zeroed" and "not valid JSON" in report[(ZOO, "grace")]["reason"]
+
+
+def test_rerunning_grades_nothing_twice_and_regrades_a_changed_submission(course, graded):
+    again = run_cli(course, "autograde", "--submissions", graded.incoming, "--cell-timeout", CELL_TIMEOUT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "imported 0 new or changed submission(s)" in again.stdout
+    assert re.search(r"15 submission\(s\): 0 graded, 0 zeroed .*, 0 failed, 15 skipped", again.stdout)
+    heidi = graded.incoming / f"heidi_{ZOO}.ipynb"
+    nb = nbformat.read(heidi, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("a second attempt"))
+    nbformat.write(nb, heidi)
+    third = run_cli(course, "autograde", ZOO, "--submissions", graded.incoming, "--cell-timeout", CELL_TIMEOUT)
+    assert "imported 1 new or changed submission(s)" in third.stdout
+    assert re.search(r"part3_rope / heidi: zeroed 0/\d+", third.stdout)
+    assert re.search(r"9 submission\(s\): 0 graded, 1 zeroed .*, 0 failed, 8 skipped", third.stdout)
+
+
+def test_a_student_runs_the_release_from_their_own_copy_of_the_repository(course, tmp_path, monkeypatch):
+    """The setup cell finds `grader` by walking up from the notebook's folder: no PYTHONPATH, no PE_COURSE_ROOT."""
+    from nbclient import NotebookClient
+
+    checkout = tmp_path / "my-course-copy"
+    for package in ("grader", "solutions"):
+        shutil.copytree(REPO / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    folder = checkout / "homework" / "week1"
+    folder.mkdir(parents=True)
+    release = nbformat.read(course.dir / "release" / "part1_foundations" / "part1_foundations.ipynb", as_version=4)
+    probe = nbformat.v4.new_code_cell("import grader.checks\nprint(grader.checks.__file__)")
+    release.cells = [cell(release, "setup"), probe, cell(release, "sinusoidal_encoding"),
+                     cell(release, "test_sinusoidal_encoding_visible")]
+    for name in ("PYTHONPATH", "PE_COURSE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    NotebookClient(release, timeout=300, allow_errors=True, resources={"metadata": {"path": str(folder)}}).execute()
+    setup, probe, _, test = release.cells
+    assert not [o for o in setup.outputs if o.output_type == "error"]
+    assert probe.outputs[0].text.strip() == str(checkout / "grader" / "checks.py")
+    assert test.outputs[0].ename == "CheckFailed" and "not implemented yet" in test.outputs[0].evalue
+
+
+def test_the_repository_tree_is_untouched(course, graded):
+    assert grader_tree() == course.repo_tree
+    assert not (course.dir / "gradebook.db").exists()  # everything went to the --db database
