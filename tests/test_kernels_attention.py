@@ -16,14 +16,6 @@ from solutions.kernels.attention_kernel import TOLERANCES
 from solutions.t5 import T5RelativeBias
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def qkv(batch=2, heads=3, q_len=13, k_len=21, head_dim=24, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, q_len, head_dim, generator=g)

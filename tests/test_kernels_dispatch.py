@@ -40,14 +40,6 @@ except ImportError:  # pragma: no cover
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small_calls():
     """One tiny call per kernel: (name, kernel call, reference call)."""
     g = torch.Generator().manual_seed(0)

@@ -17,14 +17,6 @@ from solutions.mla import MLACache, MLAConfig, MultiHeadLatentAttention
 from solutions.rope import apply_rope, rope_cos_sin
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def inputs(batch=3, heads=5, rank=40, rope_dim=8, max_len=37, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     tensors = [torch.randn(*shape, generator=g).to(dtype) for shape in

@@ -16,14 +16,6 @@ from solutions.rope_scaling import rope_scaling
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make(batch=2, seq=5, heads=3, head_dim=12, rotary_dim=12, max_pos=24, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, seq, heads, head_dim, generator=g).to(dtype)

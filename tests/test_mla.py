@@ -14,15 +14,6 @@ from solutions.mla import (
 )
 from solutions.rope import rope_inv_freq
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and contention on a busy CI machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 SMALL = dict(hidden_size=24, num_heads=3, kv_lora_rank=10, qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5)
 
 
