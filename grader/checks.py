@@ -18,9 +18,11 @@ the wrong RoPE layout; cos and sin swapped; a rotation in the wrong direction; p
 ``inv_freq`` with the wrong exponent (i/d instead of 2i/d, a missing minus sign, i counted from 1, one
 frequency per coordinate); the ALiBi bias sign, a causal bias whose future half is not masked (or masked
 with 0, or with a large finite number, or including the diagonal), queries aligned to the start; PI applied
-as a base change; a missing YaRN attention factor, or one applied only once; and more per task (sin/cos
-columns of the sinusoidal encoding swapped or split in halves, T5's offset sign, ALiBi slopes for a head
-count that is not a power of two, the MLA rope term or scale left out, a KV cache counted per head, ...).
+as a base change; a missing YaRN attention factor, or one applied only once (or twice); and more per task
+(sin/cos columns of the sinusoidal encoding swapped or split in halves, T5's offset sign, ALiBi slopes for a
+head count that is not a power of two, the MLA rope term or scale left out, a KV cache counted per head, the
+NTK-aware base without its exponent d/(d-2), the YaRN paper's ramp where the released one is asked, Dynamic
+NTK's paper length rule, NTK-ALiBi's blend run backwards, ...).
 
 Hidden cases (``hidden=True``) never show an expected value: a failure there reports only a few summary
 numbers (largest absolute error, index of the first mismatch, number of differing values) and the case's
@@ -48,6 +50,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import solutions
+from solutions.rope_scaling import ntk_aware_base, ntk_by_parts_ramp
 from solutions.t5 import relative_positions as _relative_positions
 
 from . import references
@@ -81,6 +84,17 @@ GRADED_REFERENCES = {
     "check_absorbed_latent_scores": ["solutions.mla:MultiHeadLatentAttention.forward"],
     "check_kv_cache_elements": ["solutions.mla:kv_cache_elements_per_token"],
     "check_rope_scaling": ["solutions.rope_scaling:rope_scaling"],
+    "check_linear_scaling": ["solutions.rope_scaling:linear_scaling"],
+    "check_ntk_aware_scaling": ["solutions.rope_scaling:ntk_aware_scaling", "solutions.rope_scaling:ntk_aware_base"],
+    "check_ntk_by_parts_scaling": ["solutions.rope_scaling:ntk_by_parts_scaling",
+                                   "solutions.rope_scaling:ntk_by_parts_inv_freq",
+                                   "solutions.rope_scaling:ntk_by_parts_ramp", "solutions.rope_scaling:correction_dim"],
+    "check_dynamic_ntk_scaling": ["solutions.rope_scaling:dynamic_ntk_scaling",
+                                  "solutions.rope_scaling:ntk_aware_base"],
+    "check_yarn_scaling": ["solutions.rope_scaling:yarn_scaling", "solutions.rope_scaling:ntk_by_parts_inv_freq",
+                           "solutions.rope_scaling:ntk_by_parts_ramp", "solutions.rope_scaling:correction_dim"],
+    "check_yarn_attention_factor": ["solutions.rope_scaling:yarn_attention_factor"],
+    "check_ntk_alibi_slopes": ["solutions.alibi:ntk_alibi_slopes"],
     "check_yarn_cos_sin": ["solutions.rope_scaling:yarn_scaling", "solutions.rope_scaling:yarn_attention_factor"],
     "check_yarn_logits": ["solutions.rope_scaling:yarn_scaling", "solutions.rope_scaling:yarn_attention_factor"],
 }
@@ -1031,11 +1045,207 @@ def _yarn_logit_factor(case) -> float:
     return solutions.rope_scaling("yarn", q.shape[-1], base, factor, original)[1]
 
 
+def _yarn_logits_variant(case, *, plain_frequencies=False, interleaved=False):
+    """The logits with YaRN's factor on q and k but another rotation: plain RoPE frequencies, or the other layout."""
+    q, k, q_positions, k_positions, base, factor, original = case.args
+    dim = q.shape[-1]
+    if plain_frequencies:
+        inv_freq, attention_factor = solutions.rope_inv_freq(dim, base), _yarn_logit_factor(case)
+    else:
+        inv_freq, attention_factor = solutions.rope_scaling("yarn", dim, base, factor, original)
+    cos_q, sin_q = solutions.rope_cos_sin(inv_freq, q_positions, attention_factor)
+    cos_k, sin_k = solutions.rope_cos_sin(inv_freq, k_positions, attention_factor)
+    return solutions.apply_rope(q, cos_q, sin_q, interleaved) @ solutions.apply_rope(k, cos_k, sin_k, interleaved).T
+
+
 YARN_LOGITS_MISTAKES = [
     Mistake("YaRN factor missing", YARN_MISSING_MESSAGE,
             candidate=lambda ref, case: ref(*case.args) / _yarn_logit_factor(case) ** 2),
     Mistake("YaRN factor once", YARN_ONCE_MESSAGE,
             candidate=lambda ref, case: ref(*case.args) / _yarn_logit_factor(case)),
+    Mistake("YaRN factor twice", "The YaRN attention factor is applied twice: your logits carry its fourth power. "
+                                 "Scale q and k by it (or cos and sin, which is the same), *or* the logits by its "
+                                 "square, not both.",
+            candidate=lambda ref, case: ref(*case.args) * _yarn_logit_factor(case) ** 2),
+    Mistake("plain frequencies", "Your rotation uses plain RoPE frequencies (with the right attention factor): YaRN "
+                                 "rotates with the NTK-by-parts frequencies, the first item `yarn_scaling` returns.",
+            candidate=lambda ref, case: _yarn_logits_variant(case, plain_frequencies=True)),
+    Mistake("layout", "Wrong RoPE layout: you rotated interleaved pairs (2i, 2i + 1); this task uses the half-split "
+                      "layout (coordinate i paired with i + d/2).",
+            candidate=lambda ref, case: _yarn_logits_variant(case, interleaved=True)),
+]
+
+
+def _method_inv_freq(case, method, **params):
+    """The frequencies of another ``method`` (with its own ``params``) on this case's geometry."""
+    a = _scaling_args(case)
+    return solutions.rope_scaling(method, a["dim"], a["base"], a["factor"], a["original_max_position_embeddings"],
+                                  a.get("seq_len"), **params)[0]
+
+
+def _betas(case) -> dict:
+    """The case's ``beta_fast``/``beta_slow``, where it sets them."""
+    return {k: v for k, v in _scaling_args(case).items() if k in ("beta_fast", "beta_slow")}
+
+
+def _by_parts_inv_freq(case, **ramp_options):
+    """NTK-by-parts frequencies with the case's betas and another ramp (``ramp``, ``truncate``)."""
+    return _method_inv_freq(case, "ntk_by_parts", **_betas(case), **ramp_options)
+
+
+def _keeping_the_factor(ref, case, inv_freq):
+    """``(inv_freq, the reference's attention factor)``: a mistake in the frequencies only."""
+    return inv_freq, ref(*case.args, **case.kwargs)[1]
+
+
+def _ramp_reversed(case):
+    """NTK-by-parts with gamma and 1 - gamma swapped: the fast pairs divided by the factor, the slow ones kept."""
+    a = _scaling_args(case)
+    inv_freq = solutions.rope_inv_freq(a["dim"], a["base"])
+    keep = ntk_by_parts_ramp(a["dim"], a["base"], a["original_max_position_embeddings"], **_betas(case))
+    return keep * inv_freq / float(a["factor"]) + (1 - keep) * inv_freq
+
+
+BY_PARTS_MISTAKES = [
+    Mistake("paper ramp", "Your ramp is the YaRN paper's, linear in the number of turns r = L / lambda_i (eq. 18). "
+                          "This assignment uses the released code's ramp (YaRN, Hugging Face and DeepSeek), linear in "
+                          "the pair index i between the two correction dimensions.",
+            candidate=lambda ref, case: _keeping_the_factor(ref, case, _by_parts_inv_freq(case, ramp="paper"))),
+    Mistake("ramp not rounded", "Your ramp runs between the correction dimensions as computed; the released code "
+                                "first rounds them outwards: low = floor(d(beta_fast)) and high = ceil(d(beta_slow)).",
+            candidate=lambda ref, case: _keeping_the_factor(ref, case, _by_parts_inv_freq(case, truncate=False))),
+    Mistake("ramp reversed", "Your ramp is the wrong way round: you divided the fast pairs (small i, many turns within "
+                             "L) by the factor and kept the slow ones. gamma = 1 keeps a pair, and it is 1 below the "
+                             "low correction dimension.",
+            candidate=lambda ref, case: _keeping_the_factor(ref, case, _ramp_reversed(case))),
+    Mistake("PI everywhere", "Every pair is divided by the factor: that is Position Interpolation. NTK-by-parts keeps "
+                             "the fast pairs (gamma = 1) and divides only the slow ones.",
+            candidate=lambda ref, case: _keeping_the_factor(ref, case, _method_inv_freq(case, "linear"))),
+    Mistake("no pair divided", "Your frequencies are plain RoPE: no pair is divided by the factor. The slow pairs "
+                               "(gamma = 0, i above the high correction dimension) must become theta_i / s.",
+            candidate=lambda ref, case: _keeping_the_factor(ref, case, solutions.rope_inv_freq(
+                _scaling_args(case)["dim"], _scaling_args(case)["base"]))),
+]
+
+
+def _ntk_with_base(case, new_base):
+    """``(plain RoPE frequencies of new_base(base, s, d), 1.0)``: an NTK-aware base computed the wrong way."""
+    a = _scaling_args(case)
+    return solutions.rope_inv_freq(a["dim"], new_base(float(a["base"]), float(a["factor"]), a["dim"])), 1.0
+
+
+NTK_AWARE_MISTAKES = [
+    Mistake("base times s", "You multiplied the base by s. The NTK-aware base is base * s^(d / (d - 2)): the exponent "
+                            "makes the slowest pair, theta_{d/2-1} = base^(-(d-2)/d), come out divided by exactly s.",
+            candidate=lambda ref, case: _ntk_with_base(case, lambda b, s, d: b * s)),
+    Mistake("exponent inverted", "Your base is base * s^((d - 2) / d); the exponent is d / (d - 2), so that "
+                                 "(base')^(-(d-2)/d) = base^(-(d-2)/d) / s.",
+            candidate=lambda ref, case: _ntk_with_base(case, lambda b, s, d: b * s ** ((d - 2) / d))),
+    Mistake("PI", "Every pair is divided by s: that is Position Interpolation. NTK-aware scaling changes the base "
+                  "instead, so the fastest pair (theta_0 = 1) is untouched and only the slowest is divided by s.",
+            candidate=lambda ref, case: (_method_inv_freq(case, "linear"), 1.0)),
+    Mistake("base divided", "Your base got smaller. A larger base means slower rotations, which is what fitting a "
+                            "longer context needs: base' = base * s^(d / (d - 2)).",
+            candidate=lambda ref, case: _ntk_with_base(case, lambda b, s, d: b / s ** (d / (d - 2)))),
+]
+
+
+def _dynamic_below_training_length(case):
+    """The released Dynamic NTK formula applied below the training length too (where it is defined, s' > 0)."""
+    a = _scaling_args(case)
+    length, original, factor = a["seq_len"], a["original_max_position_embeddings"], float(a["factor"])
+    effective = factor * length / original - (factor - 1)
+    if length >= original or effective <= 0:
+        return None
+    return solutions.rope_inv_freq(a["dim"], ntk_aware_base(a["dim"], a["base"], effective)), 1.0
+
+
+DYNAMIC_NTK_MISTAKES = [
+    Mistake("paper length rule", "You used the YaRN paper's length rule, s' = l / L (eq. 24). This assignment follows "
+                                 "the released code: s' = s * l / L - (s - 1), which reaches s' = s^2 - s + 1 at "
+                                 "l = s L.",
+            candidate=lambda ref, case: (_method_inv_freq(case, "dynamic", length_rule="paper"), 1.0)
+            if _scaling_args(case)["seq_len"] > _scaling_args(case)["original_max_position_embeddings"] else None),
+    Mistake("static factor", "Your frequencies ignore the current length: that is static NTK-aware scaling with the "
+                             "factor s. Dynamic NTK computes its factor from seq_len at every call.",
+            candidate=lambda ref, case: (_method_inv_freq(case, "ntk"), 1.0)),
+    Mistake("not plain below L", "Up to the training length (seq_len <= L) Dynamic NTK is plain RoPE: the released "
+                                 "formula is only applied once the sequence is longer than L.",
+            candidate=lambda ref, case: _dynamic_below_training_length(case)),
+]
+
+
+def _ntk_alibi_variant(case, *, exponents=None, slopes=None, multiply=False):
+    """NTK-ALiBi slopes ``m_h / factor^e_h`` with other exponents ``e``, other base slopes, or multiplied."""
+    num_heads, factor = case.args[:2]
+    base_slopes = (solutions.alibi_slopes(num_heads) if slopes is None else slopes).double()
+    if exponents is None:
+        exponents = torch.arange(num_heads, dtype=torch.float64) / max(num_heads - 1, 1)
+    divisor = float(factor) ** exponents
+    return (base_slopes * divisor if multiply else base_slopes / divisor).to(torch.float32)
+
+
+def _slope_ranks(num_heads):
+    """Each head's rank among ALiBi's slopes, steepest first, as (rank) / (H - 1): NTK-ALiBi's exponents by rank."""
+    order = solutions.alibi_slopes(num_heads).argsort(descending=True)  # steepest first
+    ranks = torch.empty(num_heads, dtype=torch.float64)
+    ranks[order] = torch.arange(num_heads, dtype=torch.float64)
+    return ranks / max(num_heads - 1, 1)
+
+
+NTK_ALIBI_MISTAKES = [
+    Mistake("every head divided", "You divided every slope by the factor: that is position interpolation for ALiBi. "
+                                  "NTK-ALiBi keeps the first head as trained and divides only the last by the factor, "
+                                  "with factor^((h-1)/(H-1)) in between.",
+            candidate=lambda ref, case: _ntk_alibi_variant(
+                case, exponents=torch.ones(case.args[0], dtype=torch.float64))),
+    Mistake("reversed", "The blend runs the wrong way: your first head is divided by the factor and your last is "
+                        "unchanged. Head 1 (the steepest, most local) keeps its slope; head H is divided by the "
+                        "factor.",
+            candidate=lambda ref, case: _ntk_alibi_variant(
+                case, exponents=torch.arange(case.args[0], dtype=torch.float64).flip(0) / max(case.args[0] - 1, 1))),
+    Mistake("exponent h/H", "Your exponents are h/H for h = 1 .. H; they are (h - 1)/(H - 1), from 0 for the first "
+                            "head to 1 for the last.",
+            candidate=lambda ref, case: _ntk_alibi_variant(
+                case, exponents=torch.arange(1, case.args[0] + 1, dtype=torch.float64) / case.args[0])),
+    Mistake("multiplied", "Your slopes are multiplied by the factor's powers; NTK-ALiBi *divides* them, so the gentle "
+                          "heads reach farther.", candidate=lambda ref, case: _ntk_alibi_variant(case, multiply=True)),
+    Mistake("by slope rank", "You applied the divisors in the order of the slopes (steepest first). The formula "
+                             "follows the head index h, and for a head count that is not a power of two ALiBi's "
+                             "slopes are not sorted by index.",
+            candidate=lambda ref, case: _ntk_alibi_variant(case, exponents=_slope_ranks(case.args[0]))),
+    Mistake("geometric for any n", ALIBI_SLOPES_MISTAKES[0].message,
+            candidate=lambda ref, case: _ntk_alibi_variant(case, slopes=_pow2_slopes(case.args[0]))),
+]
+
+
+def _yarn_factor_variant(case, rule):
+    """``rule(factor, mscale)`` on the case's arguments: the attention factor computed another way."""
+    factor = float(case.args[0])
+    mscale = float(case.args[1]) if len(case.args) > 1 else float(case.kwargs.get("mscale", 1.0))
+    return rule(factor, mscale)
+
+
+YARN_FACTOR_MISTAKES = [
+    Mistake("log10", "You used log10; YaRN's ln is the natural logarithm (math.log).",
+            candidate=lambda ref, case: _yarn_factor_variant(
+                case, lambda s, m: 0.1 * m * math.log10(s) + 1.0 if s > 1 else 1.0)),
+    Mistake("no +1", "The + 1 is missing: sqrt(1/t) = 0.1 ln(s) + 1, which is 1 (no change) at s = 1.",
+            candidate=lambda ref, case: _yarn_factor_variant(
+                case, lambda s, m: 0.1 * m * math.log(s) if s > 1 else 0.0)),
+    Mistake("squared", "You returned (0.1 ln(s) + 1)^2 = 1/t, the factor of the logits. yarn_attention_factor is its "
+                       "square root, sqrt(1/t): it multiplies cos and sin (q and k), so the logits get its square.",
+            candidate=lambda ref, case: ref(*case.args, **case.kwargs) ** 2),
+    Mistake("inverted", "Your factor is below 1: it would flatten the softmax. YaRN *sharpens* it at long lengths: "
+                        "sqrt(1/t) = 0.1 ln(s) + 1 >= 1.",
+            candidate=lambda ref, case: 1.0 / ref(*case.args, **case.kwargs)),
+    Mistake("no guard below 1", "For s <= 1 there is no extension and the factor is exactly 1; your formula gives less "
+                                "than 1 there.",
+            candidate=lambda ref, case: _yarn_factor_variant(case, lambda s, m: 0.1 * m * math.log(s) + 1.0)
+            if 0 < float(case.args[0]) < 1 else None),
+    Mistake("mscale ignored", "mscale is ignored: it multiplies the 0.1, sqrt(1/t) = 0.1 * mscale * ln(s) + 1 "
+                              "(DeepSeek's coefficient).",
+            candidate=lambda ref, case: ref(case.args[0])),
 ]
 
 
@@ -1508,8 +1718,101 @@ def check_rope_absorbed_matrix(student_fn, *, cases=((4, 3, 5, 2, 7), (8, 6, 6, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Length extrapolation (the Part 5 assignment will use these; tests/test_grader_checks.py covers them now)
+# Part 5: length extrapolation
 # ----------------------------------------------------------------------------------------------------------
+
+
+def _scaling_method_cases(method: str, cases) -> list[Case]:
+    """Cases given as ``(dim, base, factor, L[, seq_len][, {option: value}])``, built in the registry's argument
+    order, ``(method, dim, base, factor, L[, seq_len])``, so that `solutions.rope_scaling` is the reference and
+    the mistakes read the arguments by name (`_scaling_args`)."""
+    built = []
+    for spec in cases:
+        spec = tuple(spec)
+        options = dict(spec[-1]) if spec and isinstance(spec[-1], dict) else {}
+        values = spec[:-1] if spec and isinstance(spec[-1], dict) else spec
+        dim, base, factor, original = values[:4]
+        seq_len = values[4] if len(values) > 4 else None
+        label = (f"dim={dim}, base={base:g}, factor={factor:g}, L={original}"
+                 + (f", seq_len={seq_len}" if seq_len is not None else "")
+                 + "".join(f", {k}={v:g}" for k, v in options.items()))
+        args = (method, dim, base, factor, original) + (() if seq_len is None else (seq_len,))
+        built.append(Case(args, options, label=label))
+    return built
+
+
+def _check_scaling_method(student_fn, method: str, cases, *, name: str, mistakes, hint: str, hidden: bool) -> None:
+    """One method's own function, ``student_fn(dim, base, factor, original_max_position_embeddings[, seq_len],
+    **options) -> (inv_freq, attention_factor)`` (the signature of the registry's entries), against
+    ``solutions.rope_scaling(method, ...)``."""
+    if not callable(student_fn):
+        raise CheckFailed(f"{name} should be a function, but it is {_describe(student_fn)}.")
+
+    def without_the_method(method, *args, **kwargs):  # a method's own function does not take its name
+        return student_fn(*args, **kwargs)
+
+    check_function(without_the_method, solutions.rope_scaling, _scaling_method_cases(method, cases), name=name,
+                   rtol=1e-5, atol=1e-7, mistakes=mistakes, names=("inv_freq", "attention_factor"), hidden=hidden,
+                   hint=hint)
+
+
+def check_linear_scaling(student_fn, *, cases=((16, 10000.0, 4.0, 64), (8, 500.0, 2.5, 128)), hidden=False) -> None:
+    """``linear_scaling(dim, base, factor, original_max_position_embeddings)``: Position Interpolation."""
+    _check_scaling_method(student_fn, "linear", cases, name="linear_scaling", mistakes=ROPE_SCALING_MISTAKES,
+                          hidden=hidden, hint="PI divides every frequency by the factor, theta_i / s, and has no "
+                                              "attention factor (1.0) (Chen et al. 2023, eq. 4).")
+
+
+def check_ntk_aware_scaling(student_fn, *, cases=((16, 10000.0, 4.0, 64), (64, 10000.0, 8.0, 4096)),
+                            hidden=False) -> None:
+    """``ntk_aware_scaling(dim, base, factor, original_max_position_embeddings)``."""
+    _check_scaling_method(student_fn, "ntk", cases, name="ntk_aware_scaling", mistakes=NTK_AWARE_MISTAKES,
+                          hidden=hidden, hint="Plain RoPE frequencies of the base base * s^(d / (d - 2)), and "
+                                              "attention factor 1.0.")
+
+
+def check_ntk_by_parts_scaling(student_fn, *, cases=((64, 10000.0, 8.0, 4096), (32, 10000.0, 4.0, 256)),
+                               hidden=False) -> None:
+    """``ntk_by_parts_scaling(dim, base, factor, original_max_position_embeddings, beta_fast=32, beta_slow=1)``
+    with the released ramp (`solutions.rope_scaling.ntk_by_parts_ramp`'s default)."""
+    _check_scaling_method(student_fn, "ntk_by_parts", cases, name="ntk_by_parts_scaling",
+                          mistakes=BY_PARTS_MISTAKES, hidden=hidden,
+                          hint="theta'_i = (1 - gamma_i) theta_i / s + gamma_i theta_i, with gamma from your "
+                               "ntk_by_parts_ramp, and attention factor 1.0 (YaRN, Definition 2).")
+
+
+def check_dynamic_ntk_scaling(student_fn, *, cases=((64, 10000.0, 4.0, 4096, 8192), (16, 10000.0, 2.0, 64, 48)),
+                              hidden=False) -> None:
+    """``dynamic_ntk_scaling(dim, base, factor, original_max_position_embeddings, seq_len)``, the released
+    length rule."""
+    _check_scaling_method(student_fn, "dynamic", cases, name="dynamic_ntk_scaling", mistakes=DYNAMIC_NTK_MISTAKES,
+                          hidden=hidden, hint="seq_len <= L: plain RoPE. Beyond: NTK-aware scaling with the factor "
+                                              "s * seq_len / L - (s - 1). Attention factor 1.0.")
+
+
+def check_yarn_scaling(student_fn, *, cases=((64, 10000.0, 8.0, 4096),), hidden=False) -> None:
+    """``yarn_scaling(dim, base, factor, original_max_position_embeddings, beta_fast=32, beta_slow=1)``."""
+    _check_scaling_method(student_fn, "yarn", cases, name="yarn_scaling",
+                          mistakes=ROPE_SCALING_MISTAKES + BY_PARTS_MISTAKES, hidden=hidden,
+                          hint="The NTK-by-parts frequencies, and the attention factor yarn_attention_factor(s) = "
+                               "0.1 ln(s) + 1 (YaRN eq. 22).")
+
+
+def check_yarn_attention_factor(student_fn, *, cases=((8.0,), (2.0,), (1.0,)), hidden=False) -> None:
+    """``yarn_attention_factor(factor, mscale=1.0)``, a float; ``cases`` are (factor[, mscale])."""
+    built = [Case(tuple(c), label=f"factor={c[0]:g}" + (f", mscale={c[1]:g}" if len(c) > 1 else "")) for c in cases]
+    check_function(student_fn, solutions.yarn_attention_factor, built, name="yarn_attention_factor", rtol=1e-6,
+                   atol=1e-9, mistakes=YARN_FACTOR_MISTAKES, hidden=hidden,
+                   hint="sqrt(1/t) = 0.1 * mscale * ln(s) + 1 for s > 1, and 1 for s <= 1 (YaRN eq. 22).")
+
+
+def check_ntk_alibi_slopes(student_fn, *, cases=((8, 4.0), (4, 2.0)), hidden=False) -> None:
+    """``ntk_alibi_slopes(num_heads, factor)``: float32 ``[num_heads]``; ``cases`` are (num_heads, factor)."""
+    built = [Case((n, float(factor)), label=f"num_heads={n}, factor={factor:g}") for n, factor in cases]
+    check_function(student_fn, solutions.ntk_alibi_slopes, built, name="ntk_alibi_slopes", rtol=1e-5, atol=1e-9,
+                   mistakes=NTK_ALIBI_MISTAKES, hidden=hidden,
+                   hint="m'_h = m_h / factor^((h - 1) / (H - 1)) for h = 1 .. H, with m_h ALiBi's slopes; one head "
+                        "keeps its slope.")
 
 
 def check_rope_scaling(student_fn, method: str, *, cases=((16, 10000.0, 4.0, 64),), hidden=False) -> None:
@@ -1528,13 +1831,22 @@ def check_yarn_cos_sin(student_fn, *, cases=((16, 10000.0, 8.0, 64, (0, 5, 100))
                    mistakes=YARN_COS_SIN_MISTAKES, names=("cos", "sin"), hidden=hidden)
 
 
-def check_yarn_logits(student_fn, *, cases=((3, 4, 16, 10000.0, 8.0, 64),), seed=0, hidden=False) -> None:
-    """``yarn_logits(q, k, q_positions, k_positions, base, factor, original_max_position_embeddings)``."""
+def check_yarn_logits(student_fn, *, cases=((3, 4, 16, 10000.0, 8.0, 64), (2, 150, 16, 10000.0, 4.0, 64)), seed=0,
+                      hidden=False) -> None:
+    """``yarn_logits(q, k, q_positions, k_positions, base, factor, original_max_position_embeddings)``; ``cases``
+    are (q_len, k_len, dim, base, factor, L), with the queries at the last k_len positions."""
     g = _generator(seed)
-    built = []
     for q_len, k_len, dim, base, factor, original in cases:
         args = (_randn((q_len, dim), g), _randn((k_len, dim), g), torch.arange(k_len - q_len, k_len),
                 torch.arange(k_len), base, factor, original)
-        built.append(Case(args, label=f"q [{q_len}, {dim}], k [{k_len}, {dim}], factor={factor:g}"))
-    check_function(student_fn, references.yarn_logits, built, name="yarn_logits", rtol=1e-4, atol=1e-5,
-                   mistakes=YARN_LOGITS_MISTAKES, hidden=hidden)
+        case = Case(args, label=f"q [{q_len}, {dim}], k [{k_len}, {dim}], positions up to {k_len - 1}, "
+                                f"factor={factor:g}, L={original}")
+        # float32 angles p * theta are off by about p * 6e-8 rad, and a logit sums dim / 2 such pairs: the tolerance
+        # grows with the last position, so that angles in float32 (as the reference) or in float64 both pass.
+        atol = max(1e-5, 1e-7 * (k_len - 1) * math.sqrt(dim))
+        check_function(student_fn, references.yarn_logits, [case], name="yarn_logits", rtol=1e-4, atol=atol,
+                       mistakes=YARN_LOGITS_MISTAKES, hidden=hidden, quiet=True,
+                       hint="Rotate q and k (half-split) with yarn_scaling's frequencies, cos and sin both "
+                            "multiplied by its attention factor; then q_rot @ k_rot.T.")
+    print(f"\N{CHECK MARK} yarn_logits: {len(cases)} {'hidden ' if hidden else ''}"
+          f"case{'s match' if len(cases) != 1 else ' matches'} the reference")

@@ -5,9 +5,14 @@ reference), and each test asserts that the check fails *and* that its message na
 correct implementations are the reference functions themselves, and must pass.
 """
 
+import contextlib
+import io
 import math
+import textwrap
 import threading
+from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
@@ -241,6 +246,174 @@ def test_yarn_attention_factor_missing_or_applied_once():
 
     assert "applied only once" in failure(checks.check_yarn_logits, logits_factor_once)
     checks.check_yarn_logits(references.yarn_logits)
+
+
+# ------------------------------------------------------------------------------------------------ Part 5 assignment
+
+PART5 = Path(__file__).resolve().parents[1] / "grader" / "source" / "part5_extrapolation" / "part5_extrapolation.ipynb"
+
+
+def grade_in_process(notebook, replaced=None):
+    """Run an assignment's source notebook as a submission, in this process: the setup and solution cells (those
+    named in ``replaced`` swapped for a student's version), then every test cell, visible and hidden. Returns
+    ``{test cell: None if it passed, else the check's message}``. Demo cells are skipped."""
+    replaced = {name: textwrap.dedent(code) for name, code in (replaced or {}).items()}
+    namespace, results = {}, {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or not meta:
+            continue
+        source = replaced.get(meta["grade_id"], cell.source)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if not meta.get("grade"):
+                exec(source, namespace)
+                continue
+            try:
+                exec(source, namespace)
+                results[meta["grade_id"]] = None
+            except CheckFailed as failed:
+                results[meta["grade_id"]] = str(failed)
+    return results
+
+
+def lost_tests(results):
+    return {name for name, message in results.items() if message is not None}
+
+
+def test_part5_source_solutions_pass_every_test_cell():
+    results = grade_in_process(PART5)
+    assert len(results) == 16 and not lost_tests(results), results
+
+
+def test_part5_pi_as_a_base_change_is_named_and_costs_only_pi():
+    results = grade_in_process(PART5, {"linear_scaling": """
+        def linear_scaling(dim, base, factor, original_max_position_embeddings, seq_len=None):
+            return rope_inv_freq(dim, base * factor), 1.0
+        """})
+    assert lost_tests(results) == {"test_linear_scaling_visible", "test_linear_scaling_hidden"}
+    for name in ("test_linear_scaling_visible", "test_linear_scaling_hidden"):
+        assert "Position Interpolation applied as a base change" in results[name]
+    hidden = results["test_linear_scaling_hidden"]
+    assert "hidden case" in hidden and "expected" not in hidden and "yours is" not in hidden
+
+
+YARN_LOGITS_BY_HAND = """
+    def yarn_logits(q, k, q_positions, k_positions, base, factor, original_max_position_embeddings):
+        inv_freq, attention_factor = yarn_scaling(q.shape[-1], base, factor, original_max_position_embeddings)
+
+        def rotate(x, positions, scale):
+            angles = positions.float()[:, None] * inv_freq
+            cos, sin = scale * torch.cos(angles), scale * torch.sin(angles)
+            a, b = x.chunk(2, dim=-1)
+            return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
+
+        return {logits}
+    """
+
+
+@pytest.mark.parametrize("logits, words", [
+    ("rotate(q, q_positions, 1.0) @ rotate(k, k_positions, 1.0).T", "attention factor is missing"),
+    ("rotate(q, q_positions, attention_factor) @ rotate(k, k_positions, 1.0).T", "applied only once"),
+    ("attention_factor * rotate(q, q_positions, 1.0) @ rotate(k, k_positions, 1.0).T", "applied only once"),
+    ("attention_factor ** 2 * rotate(q, q_positions, attention_factor) @ rotate(k, k_positions, attention_factor).T",
+     "applied twice"),
+])
+def test_part5_yarn_logits_with_the_factor_missing_once_or_twice_are_named(logits, words):
+    results = grade_in_process(PART5, {"yarn_logits": YARN_LOGITS_BY_HAND.format(logits=logits)})
+    assert lost_tests(results) == {"test_yarn_logits_visible", "test_yarn_logits_hidden"}
+    assert words in results["test_yarn_logits_visible"] and words in results["test_yarn_logits_hidden"]
+
+
+def test_part5_yarn_scaling_without_its_factor_is_named():
+    results = grade_in_process(PART5, {"yarn_scaling": """
+        def yarn_scaling(dim, base, factor, original_max_position_embeddings, seq_len=None, beta_fast=32.0,
+                         beta_slow=1.0):
+            return ntk_by_parts_scaling(dim, base, factor, original_max_position_embeddings, beta_fast=beta_fast,
+                                        beta_slow=beta_slow)
+        """})
+    # The logits, built on yarn_scaling, lose the factor too, and say so.
+    assert lost_tests(results) == {"test_yarn_scaling_visible", "test_yarn_scaling_hidden", "test_yarn_logits_visible",
+                                   "test_yarn_logits_hidden"}
+    assert all("attention factor is missing" in message for message in results.values() if message)
+
+
+PART5_MISTAKES = [
+    ("ntk_aware_scaling", """
+        def ntk_aware_scaling(dim, base, factor, original_max_position_embeddings, seq_len=None):
+            return rope_inv_freq(dim, base * factor), 1.0
+        """, "test_ntk_aware_scaling_visible", "You multiplied the base by s"),
+    ("ntk_by_parts_ramp", """
+        def ntk_by_parts_ramp(dim, base, original_max_position_embeddings, beta_fast=32.0, beta_slow=1.0):
+            turns = original_max_position_embeddings * rope_inv_freq(dim, base).double() / (2 * math.pi)
+            return ((turns - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1).float()
+        """, "test_ntk_by_parts_scaling_visible", "the YaRN paper's"),
+    ("ntk_by_parts_ramp", """
+        def ntk_by_parts_ramp(dim, base, original_max_position_embeddings, beta_fast=32.0, beta_slow=1.0):
+            def index(turns):
+                return dim * math.log(original_max_position_embeddings / (2 * math.pi * turns)) / (2 * math.log(base))
+            low, high = max(index(beta_fast), 0), min(index(beta_slow), dim - 1)
+            return 1 - ((torch.arange(dim // 2) - low) / (high - low)).clamp(0, 1).float()
+        """, "test_ntk_by_parts_scaling_visible", "first rounds them outwards"),
+    ("ntk_by_parts_scaling", """
+        def ntk_by_parts_scaling(dim, base, factor, original_max_position_embeddings, seq_len=None, beta_fast=32.0,
+                                 beta_slow=1.0):
+            plain = rope_inv_freq(dim, base)
+            gamma = ntk_by_parts_ramp(dim, base, original_max_position_embeddings, beta_fast, beta_slow)
+            return gamma * plain / factor + (1 - gamma) * plain, 1.0
+        """, "test_ntk_by_parts_scaling_visible", "wrong way round"),
+    ("dynamic_ntk_scaling", """
+        def dynamic_ntk_scaling(dim, base, factor, original_max_position_embeddings, seq_len):
+            return ntk_aware_scaling(dim, base, max(1.0, seq_len / original_max_position_embeddings), 0)
+        """, "test_dynamic_ntk_scaling_visible", "the YaRN paper's length rule"),
+    ("dynamic_ntk_scaling", """
+        def dynamic_ntk_scaling(dim, base, factor, original_max_position_embeddings, seq_len):
+            scale = factor * seq_len / original_max_position_embeddings - (factor - 1)
+            return ntk_aware_scaling(dim, base, scale, original_max_position_embeddings)
+        """, "test_dynamic_ntk_scaling_visible", "Up to the training length"),
+    ("dynamic_ntk_scaling", """
+        def dynamic_ntk_scaling(dim, base, factor, original_max_position_embeddings, seq_len):
+            return ntk_aware_scaling(dim, base, factor, original_max_position_embeddings)
+        """, "test_dynamic_ntk_scaling_visible", "ignore the current length"),
+    ("yarn_attention_factor", """
+        def yarn_attention_factor(factor, mscale=1.0):
+            return 0.1 * mscale * math.log10(factor) + 1.0 if factor > 1 else 1.0
+        """, "test_yarn_attention_factor_visible", "natural logarithm"),
+    ("yarn_attention_factor", """
+        def yarn_attention_factor(factor, mscale=1.0):
+            return (0.1 * mscale * math.log(factor) + 1.0) ** 2 if factor > 1 else 1.0
+        """, "test_yarn_attention_factor_visible", "the factor of the logits"),
+    ("yarn_attention_factor", """
+        def yarn_attention_factor(factor, mscale=1.0):
+            return 0.1 * mscale * math.log(factor) + 1.0
+        """, "test_yarn_attention_factor_hidden", "For s <= 1"),
+    ("yarn_attention_factor", """
+        def yarn_attention_factor(factor, mscale=1.0):
+            return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+        """, "test_yarn_attention_factor_hidden", "mscale is ignored"),
+    ("ntk_alibi_slopes", """
+        def ntk_alibi_slopes(num_heads, factor):
+            return alibi_slopes(num_heads) / factor
+        """, "test_ntk_alibi_slopes_visible", "position interpolation for ALiBi"),
+    ("ntk_alibi_slopes", """
+        def ntk_alibi_slopes(num_heads, factor):
+            h = torch.arange(num_heads, 0, -1) - 1
+            return alibi_slopes(num_heads) / factor ** (h / max(num_heads - 1, 1))
+        """, "test_ntk_alibi_slopes_visible", "wrong way"),
+    ("ntk_alibi_slopes", """
+        def ntk_alibi_slopes(num_heads, factor):
+            slopes = alibi_slopes(num_heads)
+            rank = torch.empty(num_heads)
+            rank[slopes.argsort(descending=True)] = torch.arange(num_heads, dtype=torch.float32)
+            return slopes / factor ** (rank / max(num_heads - 1, 1))
+        """, "test_ntk_alibi_slopes_hidden", "order of the slopes"),
+]
+
+
+@pytest.mark.parametrize("cell, code, test_cell, words", PART5_MISTAKES,
+                         ids=[f"{cell}-{words[:24]}" for cell, _, _, words in PART5_MISTAKES])
+def test_part5_each_mistake_is_named_by_the_assignments_own_tests(cell, code, test_cell, words):
+    results = grade_in_process(PART5, {cell: code})
+    assert results[test_cell] is not None and words in results[test_cell], results[test_cell]
 
 
 # ------------------------------------------------------------------------------------------------ MLA, Part 1

@@ -1,7 +1,9 @@
 """Leak safety: neither the student versions nor the published book show what students are asked to write.
 
 * The release of every assignment (generated into a temporary copy of the course) contains no solution body,
-  no hidden test, no output, and no line of the `solutions` code its checks compare with.
+  no hidden test, no output, and no line of the `solutions` code its checks compare with; so do the copies
+  that the book offers for download (``book/exercises/``), which must also be exactly what
+  ``python -m grader generate --book`` makes of that release today.
 * The book's notebooks and markdown pages display no source of a graded `solutions` function: no
   ``inspect.getsource`` (directly or through a helper) of one, no ``literalinclude`` that reaches into one, no
   ``%psource``/``??``/``%pycat``/``%load`` of one, no cell that prints a solutions file.
@@ -99,15 +101,18 @@ def release(tmp_path_factory):
 
 
 def test_every_assignment_has_graded_functions_and_hidden_tests():
-    assert ASSIGNMENTS == ["part1_foundations", "part2_relative", "part3_rope", "part4_mla"]
+    assert ASSIGNMENTS == ["part1_foundations", "part2_relative", "part3_rope", "part4_mla", "part5_extrapolation"]
     for assignment in ASSIGNMENTS:
         nb = source_notebook(assignment)
         meta = [c.metadata.get("nbgrader", {}) for c in nb.cells]
-        solutions = [m for m in meta if m.get("solution")]
         tests = [m for m in meta if m.get("grade")]
-        assert 4 <= len(solutions) <= 8, assignment
+        test_code = "\n".join(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
+        # A graded function is a solution cell that a test cell calls; helpers (a solution cell no test calls,
+        # such as Part 5's rope_inv_freq) are graded through the functions that use them.
+        graded = [m for m in meta if m.get("solution") and re.search(rf"\b{m['grade_id']}\b", test_code)]
+        assert 4 <= len(graded) <= 8, assignment
         assert all(m.get("points", 0) > 0 for m in tests)
-        assert sum("### BEGIN HIDDEN TESTS" in c.source for c in nb.cells) >= len(solutions) - 1
+        assert sum("### BEGIN HIDDEN TESTS" in c.source for c in nb.cells) >= len(graded) - 1
         assert not [c for c in nb.cells if c.cell_type == "code" and c.outputs], "store notebooks without outputs"
 
 
@@ -115,8 +120,32 @@ def test_every_assignment_has_graded_functions_and_hidden_tests():
 def test_the_release_has_no_solution_body_no_hidden_test_and_no_reference_source(release, assignment):
     folder = release / assignment
     assert sorted(p.name for p in folder.iterdir()) == [f"{assignment}.ipynb"]
-    text = (folder / f"{assignment}.ipynb").read_text()
-    released = read(folder / f"{assignment}.ipynb")
+    assert_a_clean_student_version(folder / f"{assignment}.ipynb", assignment)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_the_books_student_versions_are_clean_and_regenerate_identically(release, assignment):
+    from grader.cli import BOOK_EXERCISES, book_copy
+
+    committed = BOOK_EXERCISES / f"{assignment}.ipynb"
+    assert committed.is_file(), f"{committed.relative_to(REPO)} is missing: run `python -m grader generate --book`"
+    regenerated = book_copy(release / assignment / f"{assignment}.ipynb", assignment)
+    assert committed.read_text(encoding="utf-8") == regenerated, (
+        f"{committed.relative_to(REPO)} differs from the student version of grader/source/{assignment}: "
+        f"run `python -m grader generate --book` and commit the result")
+    assert_a_clean_student_version(committed, assignment)
+
+
+def test_the_book_offers_exactly_the_assignments():
+    from grader.cli import BOOK_EXERCISES
+
+    assert sorted(p.stem for p in BOOK_EXERCISES.glob("*.ipynb")) == ASSIGNMENTS
+
+
+def assert_a_clean_student_version(notebook, assignment):
+    """No solution body, no hidden test, no output, and no line of the reference code the checks compare with."""
+    text = notebook.read_text(encoding="utf-8")
+    released = read(notebook)
     lines = {line.strip() for c in released.cells for line in c.source.splitlines()}
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
         assert marker not in text
