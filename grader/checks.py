@@ -22,7 +22,10 @@ as a base change; a missing YaRN attention factor, or one applied only once (or 
 (sin/cos columns of the sinusoidal encoding swapped or split in halves, T5's offset sign, ALiBi slopes for a
 head count that is not a power of two, the MLA rope term or scale left out, a KV cache counted per head, the
 NTK-aware base without its exponent d/(d-2), the YaRN paper's ramp where the released one is asked, Dynamic
-NTK's paper length rule, NTK-ALiBi's blend run backwards, ...).
+NTK's paper length rule, NTK-ALiBi's blend run backwards, a passkey prompt one byte short or with its key
+placed by the depth of the whole sequence, a last-window NLL that scores every position or reads the first
+bytes, a learned model's ValueError not recorded as None, ...; the lab's checks are proved by
+``tests/test_grader_lab_checks.py``).
 
 Hidden cases (``hidden=True``) never show an expected value: a failure there reports only a few summary
 numbers (largest absolute error, index of the first mismatch, number of differing values) and the case's
@@ -50,6 +53,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 import solutions
+from solutions.lab import evaluate as _lab_evaluate
+from solutions.lab import passkey as _lab_passkey
+from solutions.lab.model import ModelConfig as _LabModelConfig
+from solutions.lab.model import TinyDecoder as _TinyDecoder
 from solutions.rope_scaling import ntk_aware_base, ntk_by_parts_ramp
 from solutions.t5 import relative_positions as _relative_positions
 
@@ -97,6 +104,10 @@ GRADED_REFERENCES = {
     "check_ntk_alibi_slopes": ["solutions.alibi:ntk_alibi_slopes"],
     "check_yarn_cos_sin": ["solutions.rope_scaling:yarn_scaling", "solutions.rope_scaling:yarn_attention_factor"],
     "check_yarn_logits": ["solutions.rope_scaling:yarn_scaling", "solutions.rope_scaling:yarn_attention_factor"],
+    "check_passkey_sequence": ["solutions.lab.passkey:passkey_sequence"],
+    "check_passkey_digits_correct": ["solutions.lab.evaluate:passkey_digits_correct"],
+    "check_last_window_nll": ["solutions.lab.evaluate:last_window_nll"],
+    "check_perplexity_by_length": ["solutions.lab.evaluate:perplexity_by_length"],
 }
 """For each check, the `solutions` code (``module:qualname``) a student's function is compared with, or that
 holds the answer a student writes: the published book must not display its source, and the student versions
@@ -1850,3 +1861,257 @@ def check_yarn_logits(student_fn, *, cases=((3, 4, 16, 10000.0, 8.0, 64), (2, 15
                             "multiplied by its attention factor; then q_rot @ k_rot.T.")
     print(f"\N{CHECK MARK} yarn_logits: {len(cases)} {'hidden ' if hidden else ''}"
           f"case{'s match' if len(cases) != 1 else ' matches'} the reference")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The evaluation lab (Part 6): passkey prompts and perplexity by length
+# ----------------------------------------------------------------------------------------------------------
+# The student's evaluation functions call a model; the checks pass them small `solutions.lab.TinyDecoder`s
+# with random weights (scaled up so that their predictions depend visibly on the context), and a learned-
+# position model that, like any learned table, cannot run past its training length.
+
+FILLER = _lab_passkey.FILLER
+STATEMENT = _lab_passkey.STATEMENT
+QUESTION = _lab_passkey.QUESTION
+KEY_DIGITS = _lab_passkey.KEY_DIGITS
+
+
+def lab_model(encoding: str = "rope", train_length: int = 16, seed: int = 0) -> torch.nn.Module:
+    """A tiny `TinyDecoder` (1 layer, d = 16) whose weights are drawn from ``seed`` with unit-scale
+    embeddings, so that its next-byte predictions change with every byte of context it reads."""
+    config = _LabModelConfig(encoding=encoding, train_length=train_length, d_model=16, n_layers=1, n_heads=2,
+                             d_ff=32, t5_num_buckets=8)
+    model = _TinyDecoder(config)
+    g = _generator(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=g) / math.sqrt(parameter.shape[-1]))
+        model.embed.weight.mul_(4.0)  # unit-scale inputs; with tied outputs, peaked predictions
+    return model.eval()
+
+
+def _report_pass(name: str, count: int, hidden: bool) -> None:
+    kind = "hidden case" if hidden else "case"
+    print(f"\N{CHECK MARK} {name}: {count} {kind}{'s match' if count != 1 else ' matches'} the reference")
+
+
+def _byte_windows(count: int, size: int, seed: int) -> torch.Tensor:
+    """``[count, size]`` int64 random bytes drawn from a small alphabet (so that bigrams repeat)."""
+    alphabet = torch.tensor(list(b"abcdefgh ()=:\n"), dtype=torch.long)
+    return alphabet[torch.randint(len(alphabet), (count, size), generator=_generator(seed))]
+
+
+def _passkey_layout(sequence: bytes, length: int, depth: float, key: str):
+    """What a student's sequence gets wrong, in words, or None if nothing is recognisably wrong."""
+    statement = STATEMENT.format(key=key)
+    filler_length = length + 1 - len(statement) - len(QUESTION) - len(key)
+    if len(sequence) == length:
+        return (f"your sequence has {length} bytes; it needs length + 1 = {length + 1}. The model *reads* the "
+                f"first `length` bytes and is scored on its predictions of the last {len(key)}, which are the "
+                f"key after the question: the answer is part of the sequence.")
+    if len(sequence) != length + 1:
+        return f"your sequence has {len(sequence)} bytes; it needs length + 1 = {length + 1}."
+    text = sequence.decode("ascii", errors="replace")
+    if not text.endswith(QUESTION + key):
+        return (f"your sequence should end with the question and its answer, {QUESTION + key!r}: the model "
+                f"reads up to {QUESTION!r} and is scored on the key's digits after it.")
+    if text.count(statement) != 1:
+        return (f"the key statement {statement!r} should appear exactly once (it appears "
+                f"{text.count(statement)} times).")
+    start, wanted = text.index(statement), round(depth * filler_length)
+    if start != wanted:
+        near = round(depth * (length + 1 - len(statement)))
+        why = (" It looks as if depth was taken as a fraction of the whole sequence; it is a fraction of "
+               "the filler alone." if start == near else "")
+        return (f"the key statement starts at byte {start}, but at depth {depth:g} it belongs at byte "
+                f"round(depth * filler_length) = {wanted}, with filler_length = length + 1 - "
+                f"len(statement) - len(question) - len(key) = {filler_length}.{why}")
+    return None
+
+
+def check_passkey_sequence(student_fn, *, cases=((64, 0.5, "48213", 0), (48, 0.0, "10000", 7),
+                                                   (48, 1.0, "99999", 0)), hidden=False) -> None:
+    """``passkey_sequence(length, depth, key, filler_offset) -> (sequence, key_start)``, against
+    `solutions.lab.passkey.passkey_sequence`; a wrong layout is explained in words."""
+    built = [Case((length, depth, key, offset), label=f"length={length}, depth={depth:g}, filler_offset={offset}")
+             for length, depth, key, offset in cases]
+    try:
+        check_function(student_fn, _lab_passkey.passkey_sequence, built, name="passkey_sequence",
+                       names=("sequence", "key_start"), hidden=hidden, quiet=True)
+    except CheckFailed as failure:
+        # Say what is wrong with the layout rather than "the bytes differ" where that is recognisable.
+        for number, case in enumerate(built, start=1):
+            try:
+                actual = call_with_time_limit(student_fn, case.args)
+            except BaseException:  # noqa: BLE001 (the failure above already says it)
+                break
+            expected = _lab_passkey.passkey_sequence(*case.args)
+            if not isinstance(actual, tuple) or len(actual) != 2 or not isinstance(actual[0], (bytes, bytearray)):
+                break
+            if bytes(actual[0]) == expected[0] and actual[1] == expected[1]:
+                continue
+            label = f"hidden case {number} of {len(built)}" if hidden else f"case {number}"
+            length, depth, key, offset = case.args
+            layout = _passkey_layout(bytes(actual[0]), length, depth, key)
+            if layout is not None:
+                raise CheckFailed(f"passkey_sequence is wrong on {label} ({case.label}):\n  {layout}") from None
+            if bytes(actual[0]) != expected[0]:
+                raise CheckFailed(
+                    f"passkey_sequence is wrong on {label} ({case.label}): the statement and the question are "
+                    f"in the right places but the filler differs. It is FILLER repeated, starting at its "
+                    f"character filler_offset % len(FILLER) = {offset % len(FILLER)}, and cut to the bytes "
+                    f"that the statement, the question and the key leave.") from None
+            raise CheckFailed(
+                f"passkey_sequence is wrong on {label} ({case.label}): the sequence is right but key_start "
+                f"is {actual[1]!r}. It is the index in the sequence of the key's first digit in the statement "
+                f"(not of the statement's first byte, and not of the answer at the end).") from None
+        raise
+    _report_pass("passkey_sequence", len(built), hidden)
+
+
+def _digits_shifted(reference, case):
+    logits, targets, digits = case.args
+    return logits[:, -digits - 1:-1].argmax(-1) == targets[:, -digits:]
+
+
+def _digits_any_position(reference, case):
+    logits, targets, digits = case.args
+    return reference(logits, targets, digits).all(-1)
+
+
+PASSKEY_DIGITS_MISTAKES = [
+    Mistake("shifted", "the prediction of target t is the model's output at position t (the output at "
+                       "position t predicts the *next* byte, which is targets[t]); you compared the outputs "
+                       "one position too early.", candidate=_digits_shifted),
+    Mistake("reduced", "return one bool per digit, [batch, digits]: whether *all* digits are right is the "
+                       "caller's decision (the lab reports both).", candidate=_digits_any_position),
+]
+
+
+def check_passkey_digits_correct(student_fn, *, cases=((3, 12, 5), (1, 6, 2), (4, 9, 5)), seed=0,
+                                 hidden=False) -> None:
+    """``passkey_digits_correct(logits, targets, digits) -> [batch, digits]`` bool."""
+    g = _generator(seed)
+    built = []
+    for batch, length, digits in cases:
+        targets = torch.randint(48, 58, (batch, length), generator=g)
+        logits = torch.randn(batch, length, 256, generator=g)
+        # Make the model right on about half the digits, so that both answers occur.
+        right = torch.rand(batch, length, generator=g) < 0.6
+        logits[right, targets[right]] += 10.0
+        built.append(Case((logits, targets, digits), label=f"logits [{batch}, {length}, 256], digits={digits}"))
+    check_function(student_fn, _lab_evaluate.passkey_digits_correct, built, name="passkey_digits_correct",
+                   mistakes=PASSKEY_DIGITS_MISTAKES, hidden=hidden,
+                   hint="Digit i is right when logits[:, -digits + i].argmax() equals targets[:, -digits + i].")
+
+
+def _nll_all_positions(reference, case):
+    model, windows, length, scored = case.args
+    return reference(model, windows, length, length)
+
+
+def _nll_first_bytes(reference, case):
+    model, windows, length, scored = case.args
+    return reference(model, windows[:, : length + 1], length, scored)
+
+
+def _nll_as_perplexity(reference, case):
+    return math.exp(reference(*case.args))
+
+
+def _nll_in_bits(reference, case):
+    return reference(*case.args) / math.log(2)
+
+
+NLL_MISTAKES = [
+    Mistake("all positions", "you scored every prediction of the window. Score only the last `scored` bytes: "
+                             "then every length scores the same bytes, and a longer context can only help "
+                             "if the model uses it.", candidate=_nll_all_positions),
+    Mistake("first bytes", "the model should read the *last* `length` bytes of each window "
+                           "(windows[:, -(length + 1):-1]), not the first: every length then ends at the "
+                           "same scored bytes.", candidate=_nll_first_bytes),
+    Mistake("perplexity", "you returned the perplexity, exp(NLL); return the mean negative log-likelihood "
+                          "in nats per byte.", candidate=_nll_as_perplexity),
+    Mistake("bits", "you returned the NLL in bits; use the natural logarithm (nats per byte), as "
+                    "torch.nn.functional.cross_entropy does.", candidate=_nll_in_bits),
+]
+
+
+def check_last_window_nll(student_fn, *, cases=((32, 16, 4), (16, 16, 3), (40, 8, 2)), seed=0,
+                          hidden=False) -> None:
+    """``last_window_nll(model, windows, length, scored) -> float``: NLL of the last ``scored`` bytes."""
+    built = []
+    for number, (length, scored, count) in enumerate(cases):
+        windows = _byte_windows(count, 48 + 1, seed + number)
+        model = lab_model("rope", seed=seed + number)
+        built.append(Case((model, windows, length, scored), label=f"windows [{count}, 49], length={length}, "
+                                                                  f"scored={scored}"))
+    check_function(student_fn, _lab_evaluate.last_window_nll, built, name="last_window_nll", rtol=1e-4,
+                   atol=1e-5, mistakes=NLL_MISTAKES, hidden=hidden,
+                   hint="Read inputs = windows[:, -(length + 1):-1]; score the model's last `scored` outputs "
+                        "against windows[:, -scored:], with the mean cross-entropy over every scored byte.")
+
+
+def _perplexities(model, windows, train_length, lengths):
+    return _lab_evaluate.perplexity_by_length(model, windows, train_length, lengths)[0]
+
+
+def _ppl_as_nll(reference, case):
+    return {length: None if value is None else math.log(value) for length, value in reference(*case.args).items()}
+
+
+PPL_MISTAKES = [
+    Mistake("nll", "you returned the mean NLL; the perplexity is exp(NLL).", candidate=_ppl_as_nll),
+]
+
+
+def _compare_perplexities(actual, expected, *, hidden: bool):
+    if not isinstance(actual, dict):
+        return f"return a dict {{length: perplexity or None}}, not {_describe(actual)}."
+    if sorted(actual, key=str) != sorted(expected, key=str):
+        return f"the dict's keys are {sorted(actual, key=str)}; they should be the lengths, {sorted(expected)}."
+    for length in sorted(expected):
+        mine, ref = actual[length], expected[length]
+        if ref is None and mine is not None:
+            return (f"at length {length} the model cannot run (a learned table raises ValueError past its rows), "
+                    f"so the value is None; you returned {mine!r}.")
+        if ref is not None and mine is None:
+            return f"at length {length} the model runs; you returned None."
+        if ref is not None:
+            difference = compare(mine, ref, rtol=1e-4, atol=1e-5, what=f"the perplexity at length {length}",
+                                 show_values=not hidden)
+            if difference is not None:
+                return difference.text
+    return None
+
+
+def check_perplexity_by_length(student_fn, *, cases=(("rope", (16, 32, 48)), ("learned", (16, 32, 48))), seed=0,
+                               hidden=False) -> None:
+    """``perplexity_by_length(model, windows, train_length, lengths) -> {length: perplexity or None}``.
+
+    The learned-position model raises ``ValueError`` past its 16 rows: the student records None there (and
+    at every longer length) instead of crashing.
+    """
+    for number, (encoding, lengths) in enumerate(cases, start=1):
+        label = (f"hidden case {number} of {len(cases)}" if hidden else f"case {number}") + \
+            f" ({encoding} model trained on 16 bytes, lengths {list(lengths)})"
+        windows = _byte_windows(3, max(lengths) + 1, seed + number)
+        model = lab_model(encoding, seed=seed + number)
+        case = Case((model, windows, 16, list(lengths)), label=label)
+        expected = _perplexities(*case.args)
+        try:
+            actual = call_student(student_fn, "perplexity_by_length", _clone(case.args), {}, label)
+        except CheckFailed as failure:
+            if "raised ValueError" in str(failure) and None in expected.values():
+                raise CheckFailed(f"{failure}\n  The {encoding} model cannot run past its table: catch the "
+                                  f"ValueError and record None for that length and every longer one.") from None
+            raise
+        problem = _compare_perplexities(actual, expected, hidden=hidden)
+        if problem is None:
+            continue
+        wrong = _ppl_as_nll(lambda *a: expected, case)
+        if _compare_perplexities(actual, wrong, hidden=True) is None:
+            problem = PPL_MISTAKES[0].text(case)
+        raise CheckFailed(f"perplexity_by_length is wrong on {label}:\n  {problem}")
+    _report_pass("perplexity_by_length", len(cases), hidden)
