@@ -16,3 +16,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Any kernel launch fails the test: argument checks must raise before the dispatcher launches."""
+    from solutions.kernels import dispatch
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a kernel was launched before the arguments were checked")
+    monkeypatch.setattr(dispatch, "launcher", forbidden)
+    monkeypatch.setattr(dispatch, "select_backend", forbidden)
