@@ -687,10 +687,11 @@ def _sinusoidal_from_frequencies(num_positions: int, frequencies: torch.Tensor) 
     return _interleave(torch.sin(angles), torch.cos(angles)).to(torch.float32)
 
 
-def _sinusoidal_args(case):
-    num_positions, dim = case.args[:2]
+def _two_args_and_base(case):
+    """``(first, dim, base)`` of a call ``f(first, dim, base=10000.0)`` (the sinusoidal checks' signature)."""
+    first, dim = case.args[:2]
     base = case.args[2] if len(case.args) > 2 else case.kwargs.get("base", 10000.0)
-    return num_positions, dim, base
+    return first, dim, base
 
 
 SINUSOIDAL_MISTAKES = [
@@ -705,32 +706,20 @@ SINUSOIDAL_MISTAKES = [
                 ref(*case.args, **case.kwargs))),
     Mistake("positions +1", "Positions off by one: your first row is position 1. Rows are positions 0, 1, ..., "
                             "num_positions - 1, and row 0 is (0, 1, 0, 1, ...).",
-            candidate=lambda ref, case: (lambda n, d, b: ref(n + 1, d, b)[1:])(*_sinusoidal_args(case))),
+            candidate=lambda ref, case: (lambda n, d, b: ref(n + 1, d, b)[1:])(*_two_args_and_base(case))),
 ] + _exponent_mistakes(lambda kind, ref, case: (lambda n, d, b: _sinusoidal_from_frequencies(
-    n, _frequencies(d, b, kind)))(*_sinusoidal_args(case)))
-
-
-def _shift_args(case):
-    offset, dim = case.args[:2]
-    base = case.args[2] if len(case.args) > 2 else case.kwargs.get("base", 10000.0)
-    return offset, dim, base
+    n, _frequencies(d, b, kind)))(*_two_args_and_base(case)))
 
 
 SHIFT_MATRIX_MISTAKES = [
     Mistake("transposed", "Your matrix maps PE(p) to PE(p - k): it is the transpose (the inverse rotation). In each 2x2 "
                           "block the sin(k omega) above the diagonal is positive: sin(a + b) = sin a cos b + cos a sin b.",
-            candidate=lambda ref, case: (lambda k, d, b: ref(-k, d, b))(*_shift_args(case))),
+            candidate=lambda ref, case: (lambda k, d, b: ref(-k, d, b))(*_two_args_and_base(case))),
     Mistake("exponent i/d", EXPONENT_MESSAGES["i/d"],
-            candidate=lambda ref, case: (lambda k, d, b: ref(k, d, math.sqrt(b)))(*_shift_args(case))),
+            candidate=lambda ref, case: (lambda k, d, b: ref(k, d, math.sqrt(b)))(*_two_args_and_base(case))),
     Mistake("exponent 2(i+1)/d", EXPONENT_MESSAGES["2(i+1)/d"],
-            candidate=lambda ref, case: (lambda k, d, b: ref(k * b ** (-2.0 / d), d, b))(*_shift_args(case))),
+            candidate=lambda ref, case: (lambda k, d, b: ref(k * b ** (-2.0 / d), d, b))(*_two_args_and_base(case))),
 ]
-
-
-def _dot_args(case):
-    offsets, dim = case.args[:2]
-    base = case.args[2] if len(case.args) > 2 else case.kwargs.get("base", 10000.0)
-    return offsets, dim, base
 
 
 DOT_PRODUCT_MISTAKES = [
@@ -740,9 +729,9 @@ DOT_PRODUCT_MISTAKES = [
     Mistake("sin instead of cos", "You summed sines; sin(a)sin(b) + cos(a)cos(b) = cos(a - b), so the sum is over "
                                   "cos(k omega_i).",
             candidate=lambda ref, case: (lambda k, d, b: torch.sin(torch.as_tensor(k, dtype=torch.float64)[..., None]
-                                                                   * _frequencies(d, b, "2i/d")).sum(-1))(*_dot_args(case))),
+                                                                   * _frequencies(d, b, "2i/d")).sum(-1))(*_two_args_and_base(case))),
     Mistake("exponent i/d", EXPONENT_MESSAGES["i/d"],
-            candidate=lambda ref, case: (lambda k, d, b: ref(k, d, math.sqrt(b)))(*_dot_args(case))),
+            candidate=lambda ref, case: (lambda k, d, b: ref(k, d, math.sqrt(b)))(*_two_args_and_base(case))),
 ]
 
 
@@ -2057,15 +2046,6 @@ def _perplexities(model, windows, train_length, lengths):
     return _lab_evaluate.perplexity_by_length(model, windows, train_length, lengths)[0]
 
 
-def _ppl_as_nll(reference, case):
-    return {length: None if value is None else math.log(value) for length, value in reference(*case.args).items()}
-
-
-PPL_MISTAKES = [
-    Mistake("nll", "you returned the mean NLL; the perplexity is exp(NLL).", candidate=_ppl_as_nll),
-]
-
-
 def _compare_perplexities(actual, expected, *, hidden: bool):
     if not isinstance(actual, dict):
         return f"return a dict {{length: perplexity or None}}, not {_describe(actual)}."
@@ -2098,10 +2078,10 @@ def check_perplexity_by_length(student_fn, *, cases=(("rope", (16, 32, 48)), ("l
             f" ({encoding} model trained on 16 bytes, lengths {list(lengths)})"
         windows = _byte_windows(3, max(lengths) + 1, seed + number)
         model = lab_model(encoding, seed=seed + number)
-        case = Case((model, windows, 16, list(lengths)), label=label)
-        expected = _perplexities(*case.args)
+        args = (model, windows, 16, list(lengths))
+        expected = _perplexities(*args)
         try:
-            actual = call_student(student_fn, "perplexity_by_length", _clone(case.args), {}, label)
+            actual = call_student(student_fn, "perplexity_by_length", _clone(args), {}, label)
         except CheckFailed as failure:
             if "raised ValueError" in str(failure) and None in expected.values():
                 raise CheckFailed(f"{failure}\n  The {encoding} model cannot run past its table: catch the "
@@ -2110,8 +2090,8 @@ def check_perplexity_by_length(student_fn, *, cases=(("rope", (16, 32, 48)), ("l
         problem = _compare_perplexities(actual, expected, hidden=hidden)
         if problem is None:
             continue
-        wrong = _ppl_as_nll(lambda *a: expected, case)
-        if _compare_perplexities(actual, wrong, hidden=True) is None:
-            problem = PPL_MISTAKES[0].text(case)
+        as_nll = {length: None if value is None else math.log(value) for length, value in expected.items()}
+        if _compare_perplexities(actual, as_nll, hidden=True) is None:
+            problem = "you returned the mean NLL; the perplexity is exp(NLL)."
         raise CheckFailed(f"perplexity_by_length is wrong on {label}:\n  {problem}")
     _report_pass("perplexity_by_length", len(cases), hidden)
