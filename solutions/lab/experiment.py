@@ -335,10 +335,9 @@ def assemble_results(config, table, training, evaluations, corpus, workers, seco
         ppl[name] = {str(l): _round(result["ppl"][l]) for l in config.lengths}
         by_depth[name] = {str(l): {depth_key[d]: _round(result["passkey_exact"][l][d]) for d in config.passkey_depths}
                           for l in config.lengths}
-        passkey[name] = {str(l): _round(_mean(result["passkey_exact"][l].values()) if result["passkey_exact"][l][config.passkey_depths[0]] is not None else None)
-                         for l in config.lengths}
-        digit_accuracy[name] = {str(l): _round(_mean(result["passkey_digits"][l].values()) if result["passkey_digits"][l][config.passkey_depths[0]] is not None else None)
-                                for l in config.lengths}
+        # _mean skips the None of a length the model cannot run at, and is None when every depth is.
+        passkey[name] = {str(l): _round(_mean(result["passkey_exact"][l].values())) for l in config.lengths}
+        digit_accuracy[name] = {str(l): _round(_mean(result["passkey_digits"][l].values())) for l in config.lengths}
         errors[name] = result["error"]
     return {
         "format_version": FORMAT_VERSION,
