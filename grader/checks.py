@@ -202,6 +202,15 @@ def call_with_time_limit(fn: Callable, args: Sequence = (), kwargs: dict | None 
     return outcome["value"]
 
 
+def call_quietly(fn: Callable, args: Sequence = (), kwargs: dict | None = None,
+                 time_limit: float | None = DEFAULT_TIME_LIMIT):
+    """`call_with_time_limit` with the student's warnings silenced and stderr sent to stdout: nbgrader gives
+    a test cell zero points when it writes to stderr."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
+        warnings.simplefilter("ignore")
+        return call_with_time_limit(fn, args, kwargs, time_limit)
+
+
 def _clone(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
@@ -245,9 +254,7 @@ def call_student(fn: Callable, name: str, args: tuple, kwargs: dict, label: str,
     """Call a student's function; turn every way it can go wrong into a `CheckFailed` that says so."""
     time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
-            warnings.simplefilter("ignore")
-            return call_with_time_limit(fn, args, kwargs, time_limit)
+        return call_quietly(fn, args, kwargs, time_limit)
     except CallTimeout:
         raise CheckFailed(
             f"{name} did not return within {time_limit:g} s on {label}. Look for a loop that never ends (a "
@@ -528,9 +535,7 @@ def check_raises(student_fn: Callable, args: tuple, kwargs: dict | None = None, 
     time_limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
     label = label or "an invalid input"
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
-            warnings.simplefilter("ignore")
-            call_with_time_limit(student_fn, args, kwargs or {}, time_limit)
+        call_quietly(student_fn, args, kwargs, time_limit)
     except CallTimeout:
         raise CheckFailed(f"{name} did not return within {time_limit:g} s on {label}.") from None
     except NotImplementedError:
@@ -1578,9 +1583,7 @@ def check_relative_property_test(student_test, *, broken=None, hidden=False) -> 
     for description, rotate in _correct_rotations().items():
         label = f"a correct implementation ({description})"
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
-                warnings.simplefilter("ignore")
-                call_with_time_limit(student_test, (rotate,), {}, DEFAULT_TIME_LIMIT)
+            call_quietly(student_test, (rotate,))
         except CallTimeout:
             raise CheckFailed(f"{name} did not finish within {DEFAULT_TIME_LIMIT:g} s on {label}.") from None
         except NotImplementedError:
@@ -1602,9 +1605,7 @@ def check_relative_property_test(student_test, *, broken=None, hidden=False) -> 
         label = (f"hidden broken implementation {number} of {len(implementations)}" if hidden
                  else f"a broken implementation ({description})")
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
-                warnings.simplefilter("ignore")
-                call_with_time_limit(student_test, (rotate,), {}, DEFAULT_TIME_LIMIT)
+            call_quietly(student_test, (rotate,))
         except CallTimeout:
             raise CheckFailed(f"{name} did not finish within {DEFAULT_TIME_LIMIT:g} s on {label}.") from None
         except AssertionError:
@@ -1932,7 +1933,7 @@ def check_passkey_sequence(student_fn, *, cases=((64, 0.5, "48213", 0), (48, 0.0
         # Say what is wrong with the layout rather than "the bytes differ" where that is recognisable.
         for number, case in enumerate(built, start=1):
             try:
-                actual = call_with_time_limit(student_fn, case.args)
+                actual = call_quietly(student_fn, case.args)
             except BaseException:  # noqa: BLE001 (the failure above already says it)
                 break
             expected = _lab_passkey.passkey_sequence(*case.args)
