@@ -1,6 +1,6 @@
 """The nbgrader course directory: its configuration, its folders, and what the gradebook knows about it.
 
-Shared by the CLI (`grader.cli`) and the per-submission grading process (`grader._worker`).
+Shared by the CLI's commands (`grader.generate`, `grader.autograde`, `grader.report`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ REPO_ROOT = PACKAGE_DIR.parent
 """The checkout whose `grader` and `solutions` the notebooks import (put on the kernel's PYTHONPATH)."""
 
 STAGING = ".grader/staging"
-"""Where the CLI puts the cleaned-up copy of each submission for nbgrader (nbgrader's ``submitted_directory``
-while autograding), relative to the course directory. ``submitted/`` itself is never modified."""
+"""Where the CLI puts the staged notebook of each submission (`grader.intake.stage`) for nbgrader to record
+(nbgrader's ``submitted_directory`` while autograding), relative to the course directory. ``submitted/``
+itself is never modified."""
 
 
 @dataclass
@@ -64,10 +65,20 @@ class Course:
         return sorted(p.name for p in source.iterdir() if p.is_dir() and (p / f"{p.name}.ipynb").is_file())
 
     def assignment_digest(self, assignment: str) -> str:
-        """Changes when the assignment's tests or the checking library change: then grades are redone."""
+        """Changes when anything that decides a grade changes: the assignment's source notebook (its tests),
+        the checks it calls and the `solutions` code they compare with (`grader.checks.digest_paths`), and the
+        harness and sandbox runtime. Then its grades are redone."""
+        try:
+            from .checks import digest_paths
+
+            checks = list(digest_paths(assignment))
+        except ImportError:  # a checking library without per-assignment modules: all of it
+            checks = [PACKAGE_DIR / "checks.py", PACKAGE_DIR / "references.py"]
         digest = hashlib.sha256(self.source_notebook(assignment).read_bytes())
-        for name in ("checks.py", "references.py"):
-            digest.update((PACKAGE_DIR / name).read_bytes())
+        harness = sorted((PACKAGE_DIR / "harness").glob("*.py")) + sorted((PACKAGE_DIR / "runtime").glob("*.py"))
+        for path in checks + harness + [PACKAGE_DIR / "nbgrader_ext.py"]:
+            digest.update(str(Path(path).relative_to(REPO_ROOT)).encode() + b"\0")
+            digest.update(Path(path).read_bytes())
         return digest.hexdigest()
 
     # --------------------------------------------------------------------------------------------- config

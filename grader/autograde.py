@@ -1,0 +1,370 @@
+"""``python -m grader autograde``: grade a class, one submission at a time, each in its own sandbox.
+
+For each submission the CLI (this process, the only one that writes the gradebook)
+
+1. reads and stages it (`grader.intake`): nothing of the student's runs here;
+2. starts `grader.harness.worker` in a process of its own, with a memory limit and a wall-clock limit: the
+   worker runs the student's code in a bubblewrap sandbox and the test cells outside it, and writes its
+   verdicts to a file in the course's state folder, which the sandbox cannot see;
+3. records the verdicts through nbgrader's own autograde pipeline, with `grader.nbgrader_ext.ApplyVerdicts`
+   in place of execution: nbgrader writes ``autograded/`` and the gradebook as usual.
+
+A submission that cannot be read, or whose worker fails, still gets a complete grade of zero with the reason,
+and the batch goes on. Unchanged submissions already graded with the same tests, checks, references and
+harness are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from . import intake
+from .course import REPO_ROOT, STAGING, Course
+
+
+def say(*parts) -> None:
+    print(*parts, flush=True)
+
+
+@dataclass
+class Outcome:
+    assignment: str
+    student: str
+    status: str  # graded | zeroed | failed | skipped
+    score: float | None = None
+    max_score: float | None = None
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Assignment:
+    """What grading one assignment needs from the gradebook and the release, read once per batch."""
+
+    name: str
+    order: list[str]
+    cells: dict[str, intake.SourceCell]
+    release: nbformat.NotebookNode
+
+
+def ensure_generated(course: Course, assignment: str) -> None:
+    """Autograding needs the assignment in the gradebook and its release notebook; make both if missing."""
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gb:
+        try:
+            gb.find_assignment(assignment)
+            known = True
+        except MissingEntry:
+            known = False
+    if not known or not course.release_notebook(assignment).is_file():
+        say(f"{assignment}: not generated yet (or not in this gradebook); generating it first")
+        result = course.api().generate_assignment(assignment, force=True, create=True)
+        if not result.get("success"):
+            raise SystemExit(f"error: could not generate {assignment}:\n{result.get('error') or result.get('log')}")
+
+
+def load_assignment(course: Course, assignment: str) -> Assignment:
+    """The source notebook's grade ids in order; every locked cell as the gradebook holds it (the source
+    version, with hidden tests), and every solution cell with its release metadata."""
+    source = nbformat.read(course.source_notebook(assignment), as_version=4)
+    order = [c.metadata["nbgrader"]["grade_id"] for c in source.cells
+             if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")]
+    release = nbformat.read(course.release_notebook(assignment), as_version=4)
+    released = {}
+    for cell in release.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id"):
+            released[meta["grade_id"]] = cell
+    cells: dict[str, intake.SourceCell] = {}
+    with course.gradebook() as gb:
+        notebook = gb.find_notebook(assignment, assignment)
+        grade_cells = {c.name: c for c in notebook.grade_cells}
+        for cell in notebook.source_cells:
+            grade = grade_cells.get(cell.name)
+            if cell.locked:
+                release_cell = released.get(cell.name)
+                checksums = tuple(c for c in (release_cell.metadata["nbgrader"].get("checksum") if release_cell
+                                              else None, cell.checksum) if c)
+                cells[cell.name] = intake.SourceCell(cell.name, cell.cell_type, cell.source, checksums,
+                                                     grade is not None, grade.max_score if grade else None)
+    for grade_id, cell in released.items():
+        if grade_id not in cells and cell.metadata["nbgrader"].get("solution"):
+            cells[grade_id] = intake.SourceCell(grade_id, cell.cell_type, cell.source, (), False, None, locked=False,
+                                                metadata=json.loads(json.dumps(cell.metadata)))
+    return Assignment(assignment, order, cells, release)
+
+
+# ------------------------------------------------------------------------------------------------- the worker
+
+
+def _memory_limit(megabytes: int):
+    def apply():
+        import resource
+
+        if megabytes:
+            limit = int(megabytes) * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except OSError:
+        pass
+    proc.wait()
+
+
+def run_worker(course: Course, staged: intake.Staged, assignment: str, student: str, opts, run_dir: Path,
+               slot: int = 0) -> tuple[dict, str]:
+    """Run `grader.harness.worker` on a staged submission; ``(result, failure reason or "")``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_file, log_file, spec_file = run_dir / "result.json", run_dir / "worker.log", run_dir / "spec.json"
+    result_file.unlink(missing_ok=True)
+    limits = dict(memory_mb=opts.memory_mb, budget=opts.submission_timeout, cell_timeout=opts.cell_timeout,
+                  call_timeout=min(30.0, opts.submission_timeout), max_restarts=2)
+    spec = dict(assignment=assignment, student=student, setup=staged.setup, cells=staged.cells, tests=staged.tests,
+                sandbox=not opts.no_sandbox, slot=slot, limits=limits, result_file=str(result_file))
+    spec_file.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    for threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(threads, "1")
+    wall = opts.submission_timeout + 120  # the student's budget, plus the checks' own work and the imports
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "grader.harness.worker", str(spec_file)], cwd=str(run_dir),
+                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_memory_limit(opts.memory_mb + 2048))
+        try:
+            proc.wait(timeout=wall)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return {}, f"grading took longer than {wall:g} s and was stopped"
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return {}, f"the grading process ended without a result (exit status {proc.returncode})"
+    if not result.get("ok"):
+        return result, f"the grader failed: {result.get('error', 'unknown error')[:300]}"
+    return result, ""
+
+
+# ------------------------------------------------------------------------------------------------ recording
+
+
+def record(course: Course, assignment: str, student: str, staged: intake.Staged, result: dict, withhold: str,
+           run_dir: Path) -> str:
+    """Write the staged notebook and let nbgrader autograde it with the verdicts; "" or the failure."""
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import Execute
+
+    from .nbgrader_ext import ApplyVerdicts
+
+    verdicts_file = run_dir / "verdicts.json"
+    tests = [dict(t, cell_id=staged.test_cell_ids.get(t["grade_id"])) for t in result.get("tests", [])]
+    verdicts_file.write_text(json.dumps({"cells": result.get("cells", []), "tests": tests}))
+    folder = course.root / STAGING / student / assignment
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    nbformat.write(staged.notebook, folder / f"{assignment}.ipynb")
+    stamp = course.root / "submitted" / student / assignment / "timestamp.txt"
+    if intake.refusal(stamp) is None:
+        (folder / "timestamp.txt").write_bytes(intake.read_regular(stamp, 4096))
+    pipeline = [ApplyVerdicts if p is Execute else p for p in Autograde.class_traits()["autograde_preprocessors"].default()]
+    api = course.api(**{"CourseDirectory.submitted_directory": STAGING,
+                        "Autograde.autograde_preprocessors": pipeline,
+                        "OverwriteCells.add_missing_cells": True,
+                        "ApplyVerdicts.verdicts_file": "" if withhold else str(verdicts_file),
+                        "ApplyVerdicts.withhold_reason": withhold})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SQLAlchemy's autoflush warnings while nbgrader creates a submission
+        outcome = api.autograde(assignment, student, force=True, create=True)
+    if not outcome.get("success"):
+        log = (outcome.get("error") or outcome.get("log") or "").strip().splitlines()
+        return "nbgrader could not record it: " + (log[-1][:300] if log else "unknown error")
+    return ""
+
+
+def read_grades(course: Course, assignment: str, student: str):
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gb:
+        try:
+            submission = gb.find_submission(assignment, student)
+        except MissingEntry:
+            return None
+        grades = [(g.name, g.score, g.max_score, g.auto_score) for nb in submission.notebooks for g in nb.grades]
+        return submission.score, submission.max_score, grades
+
+
+def grade_submission(course: Course, spec: Assignment, student: str, opts, slot: int = 0) -> Outcome:
+    started = time.monotonic()
+    assignment = spec.name
+    folder = course.root / "submitted" / student / assignment
+    notes: list[str] = []
+    withhold = ""
+    located = intake.locate_notebook(folder, assignment, set(spec.order))
+    nb = None
+    if located.problem:
+        withhold = located.problem
+    else:
+        notes += located.notes
+        nb, problem = intake.read_notebook(located.path)
+        withhold = problem or ""
+    staged = intake.stage(nb, spec.order, spec.cells, spec.release)
+    notes += staged.notes
+    run_dir = course.state_dir / "runs" / assignment / student
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result, failure = {}, ""
+    if not withhold:
+        result, failure = run_worker(course, staged, assignment, student, opts, run_dir, slot)
+        notes += [f"sandbox: {line}" for line in result.get("events", [])]
+    if opts.no_sandbox:
+        notes.append("graded WITHOUT a sandbox (--no-sandbox): the student's code ran with the grader's rights")
+    reason = withhold or (f"not graded, every test scores 0: {failure}" if failure else "")
+    lines = notes + ([f"not run, every test scores 0: {withhold}"] if withhold else [])
+    if lines:
+        staged.notebook.cells.insert(0, intake.note_cell(lines))
+    record_failure = record(course, assignment, student, staged, result, reason, run_dir)
+    grades = read_grades(course, assignment, student)
+    outcome = Outcome(assignment, student, "failed", notes=notes, reason=withhold or failure,
+                      timings=result.get("seconds", {}))
+    outcome.seconds = time.monotonic() - started
+    if record_failure or grades is None:
+        outcome.reason = record_failure or "no grade was recorded in the gradebook"
+    elif failure:
+        outcome.status, outcome.score, outcome.max_score = "failed", grades[0], grades[1]
+    else:
+        outcome.status = "zeroed" if withhold else "graded"
+        outcome.score, outcome.max_score = grades[0], grades[1]
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------------- batch
+
+
+def discover(course: Course, assignments: list[str], students: list[str] | None) -> list[tuple[str, str]]:
+    submitted = course.root / "submitted"
+    found = []
+    if submitted.is_dir():
+        for student_dir in sorted(p for p in submitted.iterdir() if p.is_dir() and not p.is_symlink()):
+            if students and student_dir.name not in students:
+                continue
+            if not intake.STUDENT_ID.match(student_dir.name):
+                continue
+            for assignment in assignments:
+                if (student_dir / assignment).is_dir() or (student_dir / assignment).is_symlink():
+                    found.append((assignment, student_dir.name))
+    return sorted(found)
+
+
+def cmd_autograde(course: Course, args) -> int:
+    from .harness.sandbox import SandboxUnavailable, open_sandbox
+
+    known = course.assignments()
+    unknown = [a for a in args.assignments if a not in known]
+    if unknown:
+        say(f"error: unknown assignment(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return 2
+    if not args.no_sandbox:
+        try:
+            open_sandbox()
+        except SandboxUnavailable as exc:
+            say(f"error: cannot grade safely here: {exc}.\n  Student code must run in a sandbox. To grade anyway "
+                f"(only code you trust, e.g. your own tests), pass --no-sandbox: the report marks every such grade.")
+            return 2
+    else:
+        say("warning: --no-sandbox: student code runs with your rights; the report marks these grades")
+    if args.submissions:
+        path = Path(args.submissions)
+        if not path.is_dir():
+            say(f"error: {path} is not a folder")
+            return 2
+        imported, problems = intake.import_submissions(course.root / "submitted", path, args.assignments or known)
+        say(f"imported {len(imported)} new or changed submission(s) from {path} into submitted/")
+        for problem in problems:
+            say(f"  not imported: {problem}")
+    todo = discover(course, args.assignments or known, args.student)
+    if not todo:
+        say("nothing to grade: no submissions found in " + str(course.root / "submitted"))
+        return 0
+    ledger = course.read_ledger()
+    outcomes: list[Outcome] = []
+    prepared: dict[str, Assignment] = {}
+    batch_started = time.monotonic()
+    width = len(str(len(todo)))
+    for number, (assignment, student) in enumerate(todo, start=1):
+        key = f"{assignment}/{student}"
+        digest = intake.folder_digest(course.root / "submitted" / student / assignment)
+        assignment_digest = course.assignment_digest(assignment)
+        previous = ledger.get(key)
+        prefix = f"[{number:>{width}}/{len(todo)}] {assignment} / {student}:"
+        if (not args.force and previous and previous.get("digest") == digest
+                and previous.get("assignment_digest") == assignment_digest
+                and previous.get("status") in ("graded", "zeroed")
+                and previous.get("sandbox", True) == (not args.no_sandbox)
+                and (course.root / "autograded" / student / assignment).is_dir()
+                and read_grades(course, assignment, student) is not None):
+            say(f"{prefix} skipped (already graded, unchanged): {previous['score']:g}/{previous['max_score']:g}")
+            outcomes.append(Outcome(assignment, student, "skipped", previous["score"], previous["max_score"]))
+            continue
+        try:
+            if assignment not in prepared:
+                ensure_generated(course, assignment)
+                prepared[assignment] = load_assignment(course, assignment)
+            outcome = grade_submission(course, prepared[assignment], student, args)
+        except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
+            outcome = Outcome(assignment, student, "failed", reason=f"grader error: {type(exc).__name__}: {exc}")
+        outcomes.append(outcome)
+        ledger[key] = dict(status=outcome.status, score=outcome.score, max_score=outcome.max_score,
+                           reason=outcome.reason, notes=outcome.notes, digest=digest,
+                           assignment_digest=assignment_digest, seconds=round(outcome.seconds, 2),
+                           timings=outcome.timings, sandbox=not args.no_sandbox,
+                           graded_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+        course.write_ledger(ledger)
+        line = f"{prefix} {outcome.status}"
+        if outcome.score is not None:
+            line += f" {outcome.score:g}/{outcome.max_score:g}"
+        line += f" ({outcome.seconds:.1f} s)"
+        if outcome.reason:
+            line += f" - {outcome.reason[:160]}"
+        elif outcome.notes:
+            line += f" - {len(outcome.notes)} note(s): {outcome.notes[0][:120]}"
+        say(line)
+    return summarise(outcomes, time.monotonic() - batch_started)
+
+
+def summarise(outcomes: list[Outcome], elapsed: float) -> int:
+    done = [o for o in outcomes if o.status != "skipped"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("graded", "zeroed", "failed", "skipped")}
+    say("")
+    say(f"Summary: {len(outcomes)} submission(s): {counts['graded']} graded, {counts['zeroed']} zeroed (not run, "
+        f"score 0), {counts['failed']} failed, {counts['skipped']} skipped (unchanged)")
+    if done:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        say(f"  {len(done)} graded in {elapsed:.0f} s: {60 * len(done) / max(elapsed, 1e-9):.1f} submissions per minute "
+            f"({os.cpu_count()} cores, load average {load:.1f})")
+    for o in outcomes:
+        if o.status in ("zeroed", "failed"):
+            say(f"  {o.status:7} {o.assignment}/{o.student}: {o.reason}")
+    for o in outcomes:
+        if o.status == "graded" and o.notes:
+            say(f"  notes   {o.assignment}/{o.student}:")
+            for note in o.notes:
+                say(f"            {note}")
+    return 1 if counts["failed"] else 0
