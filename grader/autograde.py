@@ -212,6 +212,30 @@ def read_grades(course: Course, assignment: str, student: str):
         return submission.score, submission.max_score, grades
 
 
+MEMORY_ERROR_MARKERS = ("MemoryError", "can't allocate memory", "not enough memory", "DefaultCPUAllocator",
+                        "std::bad_alloc", "Cannot allocate memory", "ran out of memory")
+
+
+def cell_notes(staged: intake.Staged, reports: list[dict], memory_mb: int) -> list[str]:
+    """The instructor's notes about the student's cells: stopped (a hang or a crash), out of memory, too
+    much output. Each names the cell by its grade id where it has one."""
+    names = {}
+    for number, cell in enumerate(staged.notebook.cells, start=1):
+        names[cell.get("id")] = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or f"cell {number}"
+    notes = []
+    for report in reports:
+        name = names.get(report.get("id"), "a cell")
+        error = report.get("error") or {}
+        text = f"{error.get('name', '')}: {error.get('message', '')}"
+        if error.get("name") == "CellStopped":
+            notes.append(f"cell stopped in {name}: {error.get('message', '')}")
+        elif any(marker in text for marker in MEMORY_ERROR_MARKERS):
+            notes.append(f"memory in {name}: ran out of memory (the sandbox's {memory_mb} MiB limit)")
+        if str(report.get("output", "")).endswith("[grader] output truncated\n"):
+            notes.append(f"output truncated in {name}: it printed more than the runner keeps")
+    return notes
+
+
 def grade_submission(course: Course, spec: Assignment, student: str, opts, slot: int = 0) -> Outcome:
     started = time.monotonic()
     assignment = spec.name
@@ -233,6 +257,7 @@ def grade_submission(course: Course, spec: Assignment, student: str, opts, slot:
     result, failure = {}, ""
     if not withhold:
         result, failure = run_worker(course, staged, assignment, student, opts, run_dir, slot)
+        notes += cell_notes(staged, result.get("cells", []), opts.memory_mb)
         notes += [f"sandbox: {line}" for line in result.get("events", [])]
     if opts.no_sandbox:
         notes.append("graded WITHOUT a sandbox (--no-sandbox): the student's code ran with the grader's rights")

@@ -147,8 +147,9 @@ def import_submissions(submitted: Path, inbox: Path, assignments: list[str]) -> 
             continue
         if _real_dir(entry):
             if not any(_real_dir(entry / a) for a in assignments):
-                if any((entry / a).is_symlink() for a in assignments):
-                    problems.append(f"{entry.name}: its assignment folder is a symbolic link (refused)")
+                for a in assignments:
+                    if (entry / a).is_symlink():
+                        problems.append(f"{entry.name}/{a} is a symbolic link (refused)")
                 continue
             if not STUDENT_ID.match(entry.name):
                 problems.append(f"{entry.name}: not a usable student id (letters, digits, . _ @ + -); not imported")

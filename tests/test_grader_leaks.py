@@ -126,7 +126,7 @@ def test_the_release_has_no_solution_body_no_hidden_test_and_no_reference_source
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_the_books_student_versions_are_clean_and_regenerate_identically(release, assignment):
-    from grader.cli import BOOK_EXERCISES, book_copy
+    from grader.generate import BOOK_EXERCISES, book_copy
 
     committed = BOOK_EXERCISES / f"{assignment}.ipynb"
     assert committed.is_file(), f"{committed.relative_to(REPO)} is missing: run `python -m grader generate --book`"
@@ -138,7 +138,7 @@ def test_the_books_student_versions_are_clean_and_regenerate_identically(release
 
 
 def test_the_book_offers_exactly_the_assignments():
-    from grader.cli import BOOK_EXERCISES
+    from grader.generate import BOOK_EXERCISES
 
     assert sorted(p.stem for p in BOOK_EXERCISES.glob("*.ipynb")) == ASSIGNMENTS
 
