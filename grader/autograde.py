@@ -127,8 +127,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_worker(course: Course, staged: intake.Staged, assignment: str, student: str, opts, run_dir: Path,
-               slot: int = 0) -> tuple[dict, str]:
+def run_worker(course: Course, staged: intake.Staged, assignment: str, student: str, opts,
+               run_dir: Path) -> tuple[dict, str]:
     """Run `grader.harness.worker` on a staged submission; ``(result, failure reason or "")``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file, log_file, spec_file = run_dir / "result.json", run_dir / "worker.log", run_dir / "spec.json"
@@ -136,7 +136,7 @@ def run_worker(course: Course, staged: intake.Staged, assignment: str, student: 
     limits = dict(memory_mb=opts.memory_mb, budget=opts.submission_timeout, cell_timeout=opts.cell_timeout,
                   call_timeout=min(30.0, opts.submission_timeout), max_restarts=2)
     spec = dict(assignment=assignment, student=student, setup=staged.setup, cells=staged.cells, tests=staged.tests,
-                sandbox=not opts.no_sandbox, slot=slot, limits=limits, result_file=str(result_file))
+                sandbox=not opts.no_sandbox, limits=limits, result_file=str(result_file))
     spec_file.write_text(json.dumps(spec))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -236,7 +236,7 @@ def cell_notes(staged: intake.Staged, reports: list[dict], memory_mb: int) -> li
     return notes
 
 
-def grade_submission(course: Course, spec: Assignment, student: str, opts, slot: int = 0) -> Outcome:
+def grade_submission(course: Course, spec: Assignment, student: str, opts) -> Outcome:
     started = time.monotonic()
     assignment = spec.name
     folder = course.root / "submitted" / student / assignment
@@ -256,7 +256,7 @@ def grade_submission(course: Course, spec: Assignment, student: str, opts, slot:
     run_dir.mkdir(parents=True, exist_ok=True)
     result, failure = {}, ""
     if not withhold:
-        result, failure = run_worker(course, staged, assignment, student, opts, run_dir, slot)
+        result, failure = run_worker(course, staged, assignment, student, opts, run_dir)
         notes += cell_notes(staged, result.get("cells", []), opts.memory_mb)
         notes += [f"sandbox: {line}" for line in result.get("events", [])]
     if opts.no_sandbox:
@@ -308,7 +308,7 @@ def cmd_autograde(course: Course, args) -> int:
         return 2
     if not args.no_sandbox:
         try:
-            open_sandbox()
+            open_sandbox().release()
         except SandboxUnavailable as exc:
             say(f"error: cannot grade safely here: {exc}.\n  Student code must run in a sandbox. To grade anyway "
                 f"(only code you trust, e.g. your own tests), pass --no-sandbox: the report marks every such grade.")

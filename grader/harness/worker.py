@@ -17,7 +17,7 @@ This process is the trusted side. It
    It never writes the gradebook: the CLI does, from this file.
 
 SPEC.json: assignment, student, setup (source), cells ([[cell id, source], ...]), tests ([[grade id,
-source], ...]), sandbox (bool), slot, limits ({memory_mb, processes, budget, cell_timeout, call_timeout,
+source], ...]), sandbox (bool), limits ({memory_mb, processes, budget, cell_timeout, call_timeout,
 max_restarts}), result_file.
 """
 
@@ -147,7 +147,7 @@ def grade(spec: dict) -> dict:
     sandbox = None
     if spec.get("sandbox", True):
         sandbox = open_sandbox(Limits(memory_mb=int(limits.get("memory_mb", 4096)),
-                                      processes=int(limits.get("processes", 256))), slot=int(spec.get("slot", 0)))
+                                      processes=int(limits.get("processes", 256))))
     cells = [(f"cell_{number:02d}.py", python_source(source)) for number, (_, source) in
              enumerate(spec["cells"], start=1)]
     session = Session(cells, modules, sandbox, budget=float(limits.get("budget", 60)),
@@ -164,6 +164,8 @@ def grade(spec: dict) -> dict:
         timings["tests"] = time.monotonic() - mark
     finally:
         session.close()
+        if sandbox is not None:
+            sandbox.release()
     cell_reports = []
     for (cell_id, _), result in zip(spec["cells"], results):
         error = None
