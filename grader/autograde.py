@@ -255,8 +255,10 @@ def grade_submission(course: Course, spec: Assignment, student: str, opts) -> Ou
     run_dir = course.state_dir / "runs" / assignment / student
     run_dir.mkdir(parents=True, exist_ok=True)
     result, failure = {}, ""
+    mark = time.monotonic()
     if not withhold:
         result, failure = run_worker(course, staged, assignment, student, opts, run_dir)
+    worker_seconds = time.monotonic() - mark
         notes += cell_notes(staged, result.get("cells", []), opts.memory_mb)
         notes += [f"sandbox: {line}" for line in result.get("events", [])]
     if opts.no_sandbox:
@@ -265,10 +267,12 @@ def grade_submission(course: Course, spec: Assignment, student: str, opts) -> Ou
     lines = notes + ([f"not run, every test scores 0: {withhold}"] if withhold else [])
     if lines:
         staged.notebook.cells.insert(0, intake.note_cell(lines))
+    mark = time.monotonic()
     record_failure = record(course, assignment, student, staged, result, reason, run_dir)
     grades = read_grades(course, assignment, student)
-    outcome = Outcome(assignment, student, "failed", notes=notes, reason=withhold or failure,
-                      timings=result.get("seconds", {}))
+    timings = {f"worker_{k}": v for k, v in result.get("seconds", {}).items()}
+    timings.update(worker_process=round(worker_seconds, 3), record=round(time.monotonic() - mark, 3))
+    outcome = Outcome(assignment, student, "failed", notes=notes, reason=withhold or failure, timings=timings)
     outcome.seconds = time.monotonic() - started
     if record_failure or grades is None:
         outcome.reason = record_failure or "no grade was recorded in the gradebook"

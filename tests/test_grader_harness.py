@@ -326,3 +326,35 @@ def test_two_graders_on_one_machine_get_their_own_uids(sandbox):
             session.close()
     finally:
         other.release()
+
+
+def test_without_a_sandbox_autograde_refuses_and_no_sandbox_grades_with_a_mark(tmp_path):
+    """Where bubblewrap cannot run (here: a bwrap that always fails), autograde names --no-sandbox and stops;
+    with the flag it grades, and the report and the status mark every such grade."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    course = tmp_path / "course"
+    shutil.copytree(os.path.join(repo, "grader"), course, ignore=shutil.ignore_patterns(
+        "__pycache__", "release", "submitted", "autograded", "feedback", ".grader", "gradebook.db", "*.csv"))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(course / "source" / "part1_foundations" / "part1_foundations.ipynb", inbox / "ann_part1_foundations.ipynb")
+    common = ["--course-dir", str(course), "--db", f"sqlite:///{tmp_path / 'gb.db'}"]
+    env = dict(os.environ, GRADER_BWRAP="/bin/false")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "grader", *args, *common], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    refused = cli("autograde", "part1_foundations", "--submissions", str(inbox))
+    assert refused.returncode == 2 and "cannot grade safely here" in refused.stdout and "--no-sandbox" in refused.stdout
+    assert not (course / "submitted").exists()  # refused before anything was imported
+    graded = cli("autograde", "part1_foundations", "--submissions", str(inbox), "--no-sandbox")
+    assert graded.returncode == 0, graded.stdout + graded.stderr
+    assert "part1_foundations / ann: graded 13/13" in graded.stdout
+    assert cli("export", "--to", str(tmp_path / "grades.csv")).returncode == 0
+    assert "NO (--no-sandbox)" in (tmp_path / "grading_report.csv").read_text()
+    assert "[no sandbox]" in cli("status").stdout
