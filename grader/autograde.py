@@ -258,9 +258,9 @@ def grade_submission(course: Course, spec: Assignment, student: str, opts) -> Ou
     mark = time.monotonic()
     if not withhold:
         result, failure = run_worker(course, staged, assignment, student, opts, run_dir)
-    worker_seconds = time.monotonic() - mark
         notes += cell_notes(staged, result.get("cells", []), opts.memory_mb)
         notes += [f"sandbox: {line}" for line in result.get("events", [])]
+    worker_seconds = time.monotonic() - mark
     if opts.no_sandbox:
         notes.append("graded WITHOUT a sandbox (--no-sandbox): the student's code ran with the grader's rights")
     reason = withhold or (f"not graded, every test scores 0: {failure}" if failure else "")

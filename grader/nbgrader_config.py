@@ -16,16 +16,25 @@ c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
 c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
 c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
 c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
-# Student code is untrusted: every cell gets a time limit when autograding.
-c.ExecutePreprocessor.timeout = 120
-
-# --- Added with the assignments and the CLI (`python -m grader`, see README.md in this folder). ---
-# A test cell the student deleted is put back from the gradebook when autograding (the CLI restores deleted
-# cells itself before nbgrader runs, and records each one; this is the same protection for plain `nbgrader`).
-c.OverwriteCells.add_missing_cells = True
-# Output kept per cell in autograded notebooks and in feedback.
+# Output kept per cell in autograded notebooks.
 c.LimitOutput.max_lines = 1000
 c.LimitOutput.max_traceback = 100
-# The CLI also swaps in `grader.nbgrader_ext.GraderExecute` (kernel deaths, hung kernels, output floods) and
-# `grader.nbgrader_ext.SanitizeFeedback` (no hidden tests in feedback). Prefer `python -m grader feedback` to
-# plain `nbgrader generate_feedback`, whose HTML shows the hidden tests of the autograded notebook.
+# A test cell the student deleted is put back from the gradebook when recording grades.
+c.OverwriteCells.add_missing_cells = True
+
+# Grading goes through `python -m grader autograde` (see README.md in this folder): it runs each submission's
+# code in a sandbox and the test cells outside it, then records the verdicts with nbgrader's own pipeline.
+# Plain `nbgrader autograde` (or the formgrader's autograde button) would run the tests inside the student's
+# kernel, where the student's code can fake them, read them and reach the gradebook: here it refuses.
+from nbgrader.preprocessors import NbGraderPreprocessor  # noqa: E402
+
+
+class UseTheCourseGrader(NbGraderPreprocessor):
+    """Stands in for nbgrader's execution step: this course's grades come from its sandboxed harness."""
+
+    def preprocess(self, nb, resources):
+        raise RuntimeError("this course does not grade with plain `nbgrader autograde`, which would run the tests "
+                           "inside the student's kernel; run `python -m grader autograde` from the repository")
+
+
+c.Autograde.autograde_preprocessors = [UseTheCourseGrader]

@@ -358,3 +358,7 @@ def test_without_a_sandbox_autograde_refuses_and_no_sandbox_grades_with_a_mark(t
     assert cli("export", "--to", str(tmp_path / "grades.csv")).returncode == 0
     assert "NO (--no-sandbox)" in (tmp_path / "grading_report.csv").read_text()
     assert "[no sandbox]" in cli("status").stdout
+    from grader.course import Course
+
+    plain = Course(course, f"sqlite:///{tmp_path / 'gb.db'}").api().autograde("part1_foundations", "ann", force=True)
+    assert not plain["success"] and "python -m grader autograde" in (plain.get("error") or "") + (plain.get("log") or "")
