@@ -68,12 +68,9 @@ class Course:
         """Changes when anything that decides a grade changes: the assignment's source notebook (its tests),
         the checks it calls and the `solutions` code they compare with (`grader.checks.digest_paths`), and the
         harness and sandbox runtime. Then its grades are redone."""
-        try:
-            from .checks import digest_paths
+        from .checks import digest_paths
 
-            checks = list(digest_paths(assignment))
-        except ImportError:  # a checking library without per-assignment modules: all of it
-            checks = [PACKAGE_DIR / "checks.py", PACKAGE_DIR / "references.py"]
+        checks = list(digest_paths(assignment))
         digest = hashlib.sha256(self.source_notebook(assignment).read_bytes())
         harness = sorted((PACKAGE_DIR / "harness").glob("*.py")) + sorted((PACKAGE_DIR / "runtime").glob("*.py"))
         for path in checks + harness + [PACKAGE_DIR / "nbgrader_ext.py"]:

@@ -1,13 +1,17 @@
-"""The checking library recognises each common mistake, proved with a deliberately wrong implementation.
+"""The checking library's behaviour beyond its mistake catalogues, proved with student-style functions.
 
-Every wrong function below is written the way a student would get it wrong (not by transforming the
-reference), and each test asserts that the check fails *and* that its message names the mistake. The
-correct implementations are the reference functions themselves, and must pass.
+Every mistake of every catalogue is proved by ``tests/test_grader_mistakes.py`` (each `Mistake` carries its
+example wrong function). This file proves the rest: the references pass visible and hidden cases; a mistake
+written another way than its example (a layout asked the other way, a factor on the logits, a real Triton
+kernel) is still named; an assignment's own test cells name a mistake (`grade_in_process`); and the engine's
+generic messages (time limits, shapes, dtypes, NaN, in-place changes, unimplemented stubs, exceptions, hidden
+cases, stderr) and `grader.checks.digest_paths`. Every wrong function is written the way a student would get
+it wrong (not by transforming the reference), and each test asserts that the check fails *and* that its
+message names the mistake.
 """
 
 import contextlib
 import io
-import math
 import textwrap
 import threading
 from pathlib import Path
@@ -30,16 +34,14 @@ def failure(check, *args, **kwargs) -> str:
 # ------------------------------------------------------------------------------------------------ RoPE
 
 
-def rope_rotate(x, cos, sin, pairing, direction=1, swap=False):
-    """A student-style RoPE with a configurable bug: ``pairing`` is 'half' or 'even-odd'."""
-    if swap:
-        cos, sin = sin, cos
+def rope_rotate(x, cos, sin, pairing):
+    """A student-style RoPE that always uses one layout: ``pairing`` is 'half' or 'even-odd'."""
     if pairing == "half":
         a, b = x.chunk(2, dim=-1)
     else:
         a, b = x[..., 0::2], x[..., 1::2]
-    new_a = a * cos - direction * b * sin
-    new_b = b * cos + direction * a * sin
+    new_a = a * cos - b * sin
+    new_b = b * cos + a * sin
     if pairing == "half":
         return torch.cat((new_a, new_b), dim=-1)
     return torch.stack((new_a, new_b), dim=-1).flatten(-2)
@@ -64,180 +66,48 @@ def test_wrong_layout_is_named_for_each_layout():
     assert "Wrong RoPE layout" in message and "half-split layout" in message
 
 
-def test_cos_and_sin_swapped():
-    message = failure(checks.check_apply_rope, lambda x, c, s, interleaved=False: rope_rotate(x, c, s, "half", swap=True),
-                      interleaved=False)
-    assert "cos and sin are swapped" in message
-
-
-def test_rotation_in_the_wrong_direction():
-    message = failure(checks.check_apply_rope,
-                      lambda x, c, s, interleaved=False: rope_rotate(x, c, s, "half", direction=-1), interleaved=False)
-    assert "wrong way" in message
-
-
-def test_positions_off_by_one_in_cos_sin():
-    def cos_sin_from_one(inv_freq, positions):
-        angles = (positions + 1)[..., None].float() * inv_freq
-        return torch.cos(angles), torch.sin(angles)
-
-    message = failure(checks.check_rope_cos_sin, cos_sin_from_one)
-    assert "Positions off by one" in message and "position p + 1" in message
-
-
-def test_positions_off_by_one_in_the_sinusoidal_encoding():
-    def encoding_from_one(num_positions, dim, base=10000.0):
-        positions = torch.arange(1, num_positions + 1, dtype=torch.float64)[:, None]
-        angles = positions * base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        out = torch.empty(num_positions, dim, dtype=torch.float64)
-        out[:, 0::2], out[:, 1::2] = torch.sin(angles), torch.cos(angles)
-        return out.float()
-
-    assert "Positions off by one" in failure(checks.check_sinusoidal_encoding, encoding_from_one)
-
-
-@pytest.mark.parametrize("wrong, words", [
-    (lambda dim, base=10000.0: base ** (-torch.arange(dim // 2, dtype=torch.float32) / dim), "exponent i/d"),
-    (lambda dim, base=10000.0: base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim), "minus sign"),
-    (lambda dim, base=10000.0: base ** (-torch.arange(2, dim + 1, 2, dtype=torch.float32) / dim), "shifted by one index"),
-    (lambda dim, base=10000.0: base ** (-torch.arange(dim, dtype=torch.float32) / dim), "one frequency per coordinate"),
-    (lambda dim, base=10000.0: (1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.bfloat16) / dim)).float(), "bfloat16"),
-])
-def test_inv_freq_with_the_wrong_exponent(wrong, words):
-    assert words in failure(checks.check_rope_inv_freq, wrong)
-
-
-def test_sinusoidal_layout_mistakes_and_exponent():
-    def cos_first(num_positions, dim, base=10000.0):
-        return solutions.sinusoidal_encoding(num_positions, dim, base).view(num_positions, -1, 2).flip(-1).reshape(
-            num_positions, dim)
-
-    def halves(num_positions, dim, base=10000.0):
-        p = torch.arange(num_positions, dtype=torch.float64)[:, None]
-        angles = p * base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        return torch.cat((torch.sin(angles), torch.cos(angles)), dim=1).float()
-
-    def exponent_i_over_d(num_positions, dim, base=10000.0):
-        p = torch.arange(num_positions, dtype=torch.float64)[:, None]
-        angles = p * base ** (-torch.arange(dim // 2, dtype=torch.float64) / dim)
-        return torch.stack((torch.sin(angles), torch.cos(angles)), -1).flatten(-2).float()
-
-    assert "sin and cos are swapped" in failure(checks.check_sinusoidal_encoding, cos_first)
-    assert "first half of the columns" in failure(checks.check_sinusoidal_encoding, halves)
-    assert "exponent i/d" in failure(checks.check_sinusoidal_encoding, exponent_i_over_d)
-
-
-def test_shift_matrix_transposed():
-    def transposed(offset, dim, base=10000.0):
-        return solutions.sinusoidal_shift_matrix(offset, dim, base).T.contiguous()
-
-    assert "PE(p - k)" in failure(checks.check_shift_matrix, transposed)
+def test_the_sinusoidal_references_pass_hidden_cases():
     checks.check_shift_matrix(solutions.sinusoidal_shift_matrix, hidden=True, cases=[(7, 16), (0, 2)])
+    checks.check_sinusoidal_encoding(solutions.sinusoidal_encoding, hidden=True, cases=[(512, 64), (1, 128)])
 
 
 # ------------------------------------------------------------------------------------------------ ALiBi / T5
 
 
-def student_alibi(slopes, query_length, key_length=None, *, sign=-1, mask="inf", mask_diagonal=False, align="end"):
+def student_alibi(slopes, query_length, key_length=None):
     key_length = query_length if key_length is None else key_length
-    start = key_length - query_length if align == "end" else 0
-    i = torch.arange(start, start + query_length)[:, None]
+    i = torch.arange(key_length - query_length, key_length)[:, None]
     j = torch.arange(key_length)[None, :]
-    distance = (i - j).float()
-    bias = sign * slopes[:, None, None] * distance
-    future = j > i if not mask_diagonal else j >= i
-    if mask == "inf":
-        bias = bias.masked_fill(future, float("-inf"))
-    elif mask == "zero":
-        bias = bias.masked_fill(future, 0.0)
-    elif mask == "big":
-        bias = bias.masked_fill(future, -1e9)
-    return bias
+    return (-slopes[:, None, None] * (i - j).float()).masked_fill(j > i, float("-inf"))
 
 
-@pytest.mark.parametrize("options, words", [
-    (dict(sign=+1), "wrong sign"),
-    (dict(mask=None), "future half is not masked"),
-    (dict(mask="zero"), "set to 0 instead of -inf"),
-    (dict(mask="big"), "large negative number"),
-    (dict(mask_diagonal=True), "masked the diagonal"),
-    (dict(align="start"), "queries start at position 0"),
-])
-def test_alibi_bias_mistakes(options, words):
-    assert words in failure(checks.check_alibi_bias, lambda s, q, k=None: student_alibi(s, q, k, **options))
-
-
-def test_alibi_symmetric_bias_without_mask():
-    def symmetric(slopes, q, k=None):
-        return solutions.alibi_bias(slopes, q, k, causal=False)
-
-    assert "future half is not masked" in failure(checks.check_alibi_bias, symmetric)
+def test_a_student_style_alibi_bias_passes_hidden_cases():
     checks.check_alibi_bias(lambda s, q, k=None: student_alibi(s, q, k), hidden=True, cases=[(12, 3, 9)])
 
 
-def test_alibi_slopes_mistakes():
-    def naive(n):
-        return torch.tensor([2 ** (-8 * (h + 1) / n) for h in range(n)])
-
-    def from_one(n):
-        return torch.tensor([2 ** (-8 * h / n) for h in range(n)])
-
-    assert "not a power of two" in failure(checks.check_alibi_slopes, naive, head_counts=(12,))
-    assert "start at 1" in failure(checks.check_alibi_slopes, from_one)
-    assert "reverse order" in failure(checks.check_alibi_slopes, lambda n: solutions.alibi_slopes(n).flip(0))
+def test_alibi_slopes_for_any_head_count_pass_hidden_cases():
     checks.check_alibi_slopes(solutions.alibi_slopes, head_counts=(12, 5, 3), hidden=True)
 
 
-def test_t5_sign_and_direction():
+def test_t5_sign_in_the_causal_direction():
     def query_minus_key(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
         return solutions.t5_relative_position_bucket(-relative_position, bidirectional, num_buckets, max_distance)
 
-    assert "wrong sign" in failure(checks.check_t5_bucket, query_minus_key, bidirectional=True)
+    # The catalogue's example proves the sign bidirectionally; causally, future offsets land in bucket 0.
     assert "wrong sign" in failure(checks.check_t5_bucket, query_minus_key, bidirectional=False)
-
-    def ignores_flag(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
-        return solutions.t5_relative_position_bucket(relative_position, True, num_buckets, max_distance)
-
-    assert "asks for the causal ones" in failure(checks.check_t5_bucket, ignores_flag, bidirectional=False)
     checks.check_t5_bucket(solutions.t5_relative_position_bucket, bidirectional=False, hidden=True, seed=5)
-
-
-def test_relative_positions_sign():
-    def query_minus_key(q, k):
-        return -solutions.t5.relative_positions(q, k)
-
-    assert "sign is flipped" in failure(checks.check_relative_positions, query_minus_key)
 
 
 # ------------------------------------------------------------------------------------------------ scaling
 
 
-def test_pi_applied_as_a_base_change():
-    def pi_as_base(method, dim, base, factor, original_max_position_embeddings, seq_len=None):
-        return solutions.rope_inv_freq(dim, base * factor), 1.0
-
-    assert "Position Interpolation applied as a base change" in failure(checks.check_rope_scaling, pi_as_base, "linear")
+def test_the_scaling_references_pass():
     checks.check_rope_scaling(solutions.rope_scaling, "linear")
-
-
-def test_yarn_attention_factor_missing_or_applied_once():
-    def no_factor(method, dim, base, factor, original_max_position_embeddings, seq_len=None):
-        return solutions.rope_scaling(method, dim, base, factor, original_max_position_embeddings)[0], 1.0
-
-    assert "attention factor is missing" in failure(checks.check_rope_scaling, no_factor, "yarn")
     checks.check_rope_scaling(solutions.rope_scaling, "yarn")
+    checks.check_yarn_cos_sin(references.yarn_cos_sin)
 
-    def once_on_cos_sin(dim, base, factor, original, positions):
-        inv_freq, attention_factor = solutions.rope_scaling("yarn", dim, base, factor, original)
-        return solutions.rope_cos_sin(inv_freq, positions, math.sqrt(attention_factor))
 
-    def missing_on_cos_sin(dim, base, factor, original, positions):
-        inv_freq, _ = solutions.rope_scaling("yarn", dim, base, factor, original)
-        return solutions.rope_cos_sin(inv_freq, positions)
-
-    assert "applied only once" in failure(checks.check_yarn_cos_sin, once_on_cos_sin)
-    assert "attention factor is missing" in failure(checks.check_yarn_cos_sin, missing_on_cos_sin)
-
+def test_yarn_factor_on_the_logits_instead_of_cos_and_sin_is_applied_once():
     def logits_factor_once(q, k, q_positions, k_positions, base, factor, original):
         inv_freq, attention_factor = solutions.rope_scaling("yarn", q.shape[-1], base, factor, original)
         cq, sq = solutions.rope_cos_sin(inv_freq, q_positions)
@@ -419,34 +289,18 @@ def test_part5_each_mistake_is_named_by_the_assignments_own_tests(cell, code, te
 # ------------------------------------------------------------------------------------------------ MLA, Part 1
 
 
-def test_mla_mistakes_and_equality():
-    def content_only(q_nope, q_rope, latent, k_rope, w_uk, scale):
-        return (q_nope @ (latent @ w_uk.T).T) * scale
-
+def test_mla_absorbed_path_and_equality():
     def unscaled(q_nope, q_rope, latent, k_rope, w_uk, scale):
         return q_nope @ w_uk @ latent.T + q_rope @ k_rope.T
 
-    assert "only the content part" in failure(checks.check_naive_latent_scores, content_only)
     assert "not multiplied by `scale`" in failure(checks.check_absorbed_latent_scores, unscaled)
     checks.check_absorbed_equals_naive(references.naive_latent_scores, references.absorbed_latent_scores)
     message = failure(checks.check_absorbed_equals_naive, references.naive_latent_scores, unscaled)
     assert "disagree" in message
-
-    def per_head(kind, *, num_heads=None, head_dim=None, num_kv_heads=None, kv_lora_rank=None, qk_rope_head_dim=None):
-        if kind == "mla":
-            return num_heads * (kv_lora_rank + qk_rope_head_dim)
-        return solutions.kv_cache_elements_per_token(kind, num_heads=num_heads, head_dim=head_dim,
-                                                     num_kv_heads=num_kv_heads)
-
-    assert "shared by all heads" in failure(checks.check_kv_cache_elements, per_head)
     checks.check_kv_cache_elements(solutions.kv_cache_elements_per_token)
 
 
-def test_decoupled_score_not_rotated():
-    def unrotated(q_nope, q_rope, k_nope, k_rope, q_positions, k_positions, inv_freq, scale):
-        return (q_nope @ k_nope.T + q_rope @ k_rope.T) * scale
-
-    assert "not rotated" in failure(checks.check_decoupled_rope_scores, unrotated)
+def test_the_decoupled_reference_passes():
     checks.check_decoupled_rope_scores(references.decoupled_rope_scores)
 
 
@@ -486,7 +340,7 @@ def test_permutation_detector_and_student_test_grading():
 
 
 def test_an_infinite_loop_fails_with_a_time_limit_message(monkeypatch):
-    monkeypatch.setattr(checks, "DEFAULT_TIME_LIMIT", 0.3)
+    monkeypatch.setattr(checks.engine, "DEFAULT_TIME_LIMIT", 0.3)  # read by the engine at every call
 
     def forever(dim, base=10000.0):
         while True:
@@ -620,3 +474,82 @@ def test_a_triton_kernel_is_checked_through_the_interpreter(monkeypatch):
     assert "Wrong RoPE layout" in failure(checks.check_rope_kernel, launcher(even_odd))
     assert "position offset is ignored" in failure(checks.check_rope_kernel, launcher(no_offset))
     assert "not implemented yet" in failure(checks.check_rope_kernel, launcher(stub))
+
+
+# ------------------------------------------------------------------------------------------------ the harness's needs
+
+
+class HarnessError(Exception):
+    """What the grading harness raises here when the student's function, run in another process, raised."""
+
+    def __init__(self, message, student_location):
+        super().__init__(message)
+        self.student_location = student_location
+
+
+def test_a_proxys_exception_names_the_line_the_harness_reports():
+    where = " (line 3 of your code: `x1, x2 = x.chunk(2)`)"
+
+    def proxy(x, cos, sin, interleaved=False):
+        raise HarnessError("not enough values to unpack", where)
+
+    message = failure(checks.check_apply_rope, proxy, interleaved=False)
+    assert message.endswith(f"raised HarnessError: not enough values to unpack on case 1 (x [5, 8], positions 0..4, "
+                            f"interleaved=False){where}.")
+    not_a_string = HarnessError("boom", None)
+    assert checks.engine._student_location(not_a_string) == ""  # no traceback either: nothing to show
+
+
+@pytest.mark.parametrize("check, options", [
+    (checks.check_apply_rope, dict(interleaved=False)),
+    (checks.check_perplexity_by_length, {}),
+    (checks.check_permutation_detector, {}),
+    (lambda fn, **options: checks.check_absorbed_equals_naive(references.naive_latent_scores, fn, **options), {}),
+    (lambda fn, **options: checks.check_absorbed_equals_naive(fn, references.absorbed_latent_scores, **options), {}),
+])
+def test_a_hidden_case_never_shows_the_text_of_the_students_exception(check, options):
+    def leaks(*args, **kwargs):  # reads a hidden input back through its exception
+        secret = next(a for a in args if isinstance(a, torch.Tensor))
+        text = "SECRET " + str(secret.flatten()[:3].tolist())
+        raise ValueError(text)
+
+    visible = failure(check, leaks, **options)
+    hidden = failure(check, leaks, hidden=True, **options)
+    assert "raised ValueError: SECRET" in visible
+    assert "raised ValueError on hidden case 1 of" in hidden and "SECRET" not in hidden
+    assert "of your code: `raise ValueError(text)`)." in hidden  # the student's own line stays
+
+
+def test_a_hidden_run_of_the_students_test_never_shows_its_texts():
+    def leaks(rotate):
+        text = "SECRET " + str(rotate(torch.ones(4, dtype=torch.float64), 3).tolist())
+        raise AssertionError(text)
+
+    def crashes(rotate):
+        text = "SECRET " + str(rotate(torch.ones(4, dtype=torch.float64), 3).tolist())
+        raise TypeError(text)
+
+    assert "SECRET" in failure(checks.check_relative_property_test, leaks)
+    assert "SECRET" in failure(checks.check_relative_property_test, crashes)
+    for student_test in (leaks, crashes):
+        assert "SECRET" not in failure(checks.check_relative_property_test, student_test, hidden=True)
+
+
+def test_digest_paths_lists_what_an_assignment_is_graded_with():
+    repo = Path(__file__).resolve().parents[1]
+    for assignment in checks.ASSIGNMENTS:
+        paths = checks.digest_paths(assignment)
+        assert paths == sorted(set(paths)) and all(p.is_file() for p in paths)
+        assert {repo / "grader" / "checks" / "engine.py", repo / "grader" / "checks" / f"{assignment}.py",
+                repo / "grader" / "references.py"} <= set(paths)
+        others = set(checks.ASSIGNMENTS) - {assignment}
+        assert not {p for p in paths if p.stem in others}, "another assignment's checks"
+    part3 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part3_rope")}
+    assert {"solutions/rope.py", "grader/checks/part3_rope.py", "grader/checks/variants.py"} <= part3
+    assert "grader/checks/part6_lab.py" not in part3 and not any(p.startswith("solutions/lab/") for p in part3)
+    part6 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part6_lab")}
+    assert {"solutions/lab/evaluate.py", "solutions/lab/passkey.py", "solutions/lab/model.py"} <= part6
+    part1 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part1_foundations")}
+    assert {"solutions/sinusoidal.py", "solutions/attention.py"} <= part1  # position_dot_product: via references
+    with pytest.raises(ValueError):
+        checks.digest_paths("part9_nothing")
