@@ -3,8 +3,10 @@ stage what the harness runs and what nbgrader records. Nothing here executes stu
 
 Intake is hardened against files that are not what they claim:
 
-* a symbolic link, a FIFO, a device or any other non-regular file is refused, with the reason, wherever it
-  is (in the inbox, in a student's folder, in ``submitted/``); files are opened with ``O_NOFOLLOW``;
+* a symbolic link, a hard link, a FIFO, a device or any other non-regular file is refused, with the reason,
+  wherever it is (in the inbox, in a student's folder, in ``submitted/``); files are opened with
+  ``O_NOFOLLOW``;
+* a notebook of more than `MAX_CELLS` cells, or `MAX_NOTEBOOK_BYTES` bytes, is refused before staging;
 * a name that is not a safe student id (letters, digits, ``. _ @ + -``, starting with a letter or digit) is
   listed and not imported;
 * several notebooks for one student and assignment: the newest (by modification time) is graded and the
@@ -32,6 +34,9 @@ import nbformat
 from nbformat import NotebookNode
 
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
+MAX_CELLS = 1000
+"""More cells than any real submission has (the assignments have about 50): past it, the notebook is refused
+before it is staged, so that a notebook of thousands of empty cells costs no more than a normal one."""
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 SETUP_CELL = "setup"
 """The grade id of the assignment's set-up cell: it runs in the harness (for the checks) and in the sandbox."""
@@ -50,6 +55,8 @@ def refusal(path: Path) -> str | None:
         return "is a symbolic link (refused: submissions must be plain files)"
     if not stat.S_ISREG(info.st_mode):
         return "is not a regular file (refused)"
+    if info.st_nlink > 1:
+        return "is a hard link to another file (refused: submissions must be files of their own)"
     return None
 
 
@@ -136,11 +143,11 @@ def import_submissions(submitted: Path, inbox: Path, assignments: list[str]) -> 
 
     The inbox is nbgrader's layout (``<student>/<assignment>/...``) or a flat folder of
     ``<student>_<assignment>.ipynb`` files (``<assignment>_<student>.ipynb`` works too), or both. Only one
-    notebook per student and assignment is imported, the newest, plus ``timestamp.txt`` when there is one.
+    notebook per student and assignment is imported, the newest. A ``timestamp.txt`` in the inbox is ignored:
+    it is the student's file (nbgrader's own exchange writes the trusted one straight into ``submitted/``).
     """
     problems: list[str] = []
     chosen: dict[tuple[str, str], list[Path]] = {}
-    timestamps: dict[tuple[str, str], Path] = {}
     for entry in sorted(inbox.iterdir()):
         if entry.is_symlink():
             problems.append(f"{entry.name} is a symbolic link (refused)")
@@ -166,9 +173,9 @@ def import_submissions(submitted: Path, inbox: Path, assignments: list[str]) -> 
                     chosen.setdefault((entry.name, assignment), []).extend(notebooks)
                 elif not any("refused" in p and p.startswith(f"{entry.name}/{assignment}") for p in problems):
                     problems.append(f"{entry.name}/{assignment}: no notebook in the folder; not imported")
-                stamp = folder / "timestamp.txt"
-                if stamp.exists() and refusal(stamp) is None:
-                    timestamps[(entry.name, assignment)] = stamp
+                if (folder / "timestamp.txt").exists() or (folder / "timestamp.txt").is_symlink():
+                    problems.append(f"{entry.name}/{assignment}/timestamp.txt: ignored (a file in the inbox is the "
+                                    f"student's; submission times come from nbgrader's exchange)")
             continue
         why = refusal(entry)
         if why:
@@ -196,10 +203,8 @@ def import_submissions(submitted: Path, inbox: Path, assignments: list[str]) -> 
             continue
         dest = submitted / student / assignment
         target = dest / f"{assignment}.ipynb"
-        stamp = timestamps.get((student, assignment))
-        stamp_data = read_regular(stamp, 4096) if stamp else None
         if _real_dir(dest) and refusal(target) is None and read_regular(target) == data and \
-                sorted(p.name for p in dest.iterdir()) == sorted([target.name] + (["timestamp.txt"] if stamp else [])):
+                sorted(p.name for p in dest.iterdir()) == [target.name]:
             continue
         if dest.is_symlink() or dest.exists():
             if dest.is_symlink() or not _real_dir(dest):
@@ -208,8 +213,6 @@ def import_submissions(submitted: Path, inbox: Path, assignments: list[str]) -> 
                 shutil.rmtree(dest)
         dest.mkdir(parents=True)
         target.write_bytes(data)
-        if stamp_data is not None:
-            (dest / "timestamp.txt").write_bytes(stamp_data)
         imported.append(f"{assignment}/{student}")
     return imported, problems
 
@@ -281,6 +284,8 @@ def read_notebook(path: Path) -> tuple[NotebookNode | None, str | None]:
         return None, f"the notebook is not valid JSON{where}: corrupted, or not saved as a notebook"
     if not isinstance(data, dict) or "cells" not in data or "nbformat" not in data:
         return None, "the file is JSON but not a Jupyter notebook (no 'cells' or 'nbformat')"
+    if isinstance(data["cells"], list) and len(data["cells"]) > MAX_CELLS:
+        return None, f"the notebook has {len(data['cells'])} cells, more than the {MAX_CELLS} allowed"
     try:
         nb = nbformat.reads(text, as_version=4)
     except Exception as exc:  # noqa: BLE001
@@ -380,7 +385,7 @@ def stage(nb: NotebookNode | None, order: list[str], cells: dict[str, SourceCell
     staged.cells = kept
     for number, cell in enumerate(staged.cells, start=1):
         cell["id"] = f"cell-{number:03d}"
-    run, tests, test_ids = [], [], {}
+    run, again, tests, test_ids = [], [], [], {}
     setup = cells[SETUP_CELL].source if SETUP_CELL in cells else ""
     for cell in staged.cells:
         if cell.cell_type != "code":
@@ -391,7 +396,11 @@ def stage(nb: NotebookNode | None, order: list[str], cells: dict[str, SourceCell
             test_ids[meta["grade_id"]] = cell["id"]
         else:
             run.append((cell["id"], cell.source))
-    return Staged(staged, setup, run, tests, test_ids, notes)
+            if meta.get("locked"):
+                again.append((cell["id"] + "-again", cell.source))
+    # The read-only cells run once more after the student's: the names they define (a launcher, say) are the
+    # course's when the tests run, whatever a later cell of the student's rebound them to.
+    return Staged(staged, setup, run + again, tests, test_ids, notes)
 
 
 def _trusted_cell(known: SourceCell) -> NotebookNode:

@@ -65,11 +65,14 @@ def feedback_html(course: Course, assignment: str, student: str) -> str:
         total, maximum = submission.score, submission.max_score
         scores = {g.name: (g.score, g.max_score) for nb in submission.notebooks for g in nb.grades}
     rows, body = [], []
+    entry = course.read_ledger().get(f"{assignment}/{student}", {})
+    notes = ([f"not graded, every test scores 0: {entry['reason']}"] if entry.get("reason") else []) + entry.get(
+        "notes", [])
+    if notes:  # from the CLI's own record: a cell of the student's cannot pose as one
+        body.append('<h3>Grader notes</h3><pre class="note">' + _e("\n".join(f"- {n}" for n in notes)) + "</pre>")
     for cell in autograded.cells:
         meta = _nbgrader(cell)
         grade_id = meta.get("grade_id")
-        if cell.cell_type == "raw" and cell.source.startswith("Grader notes"):
-            body.append(f'<pre class="note">{_e(cell.source)}</pre>')
         if cell.cell_type != "code":
             continue
         if grade_id in scores and meta.get("grade") and not meta.get("solution"):

@@ -27,7 +27,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "part1_foundations"
+ROPE = "part3_rope"  # the attacks on the callables the grader hands over, and on the read-only launcher
+MAX_SCORE = {ASSIGNMENT: 13, ROPE: 21}
 BUDGET, CELL_TIMEOUT = 20, 5
+ORDER_SEED = "20261203"  # the harness's secret case order, fixed here so that the run is reproducible
 MARKER = "4711.25"  # a process started by an attacker carries it on its command line
 
 FUNCTIONS = ["self_attention", "is_permutation_equivariant", "sinusoidal_encoding", "sinusoidal_shift_matrix",
@@ -153,7 +156,37 @@ ATTACKS = {
     "html-in-outputs": ("HTML in outputs", lambda release: _html_attack(release), "zero"),
     "symlink-to-the-source": ("symlinks", None, "refused"),
     "metadata-tampering": ("metadata tampering", edited_metadata, "zero"),
+    "stateful-answers": ("patching or rebinding", appended(
+        "import itertools\n_answers = itertools.cycle([True, True, False, False, False])  # the checks' source order\n"
+        "def is_permutation_equivariant(f, x, perm, atol=1e-5):\n"
+        "    if type(f).__name__ != 'GraderCallable':\n        return True  # the notebook's own try-it cell\n"
+        "    return next(_answers)"), "zero"),
+    "leak-hidden-inputs": ("reading hidden tests, other students or the source", every_function(
+        "    raise ValueError('LEAK ' + repr(args)[:3000])"), "zero"),
 }
+
+ROPE_ATTACKS = {
+    "cache-the-reference": ("reading hidden tests, other students or the source", lambda release: _oracle(release),
+                            "zero"),
+    "count-the-calls": ("patching or rebinding", appended(
+        "_calls = [0]\n_pattern = [None, None, AssertionError, AssertionError] * 10  # correct first, in the source\n"
+        "def test_relative_property(rotate):\n    if type(rotate).__name__ != 'GraderCallable':\n        return\n"
+        "    _calls[0] += 1\n    if _pattern[_calls[0] - 1]:\n        raise AssertionError('broken')"), "zero"),
+}
+
+
+def _oracle(release):
+    """While the grader's correct rotation is in hand, tabulate it; then answer the kernel tests from the
+    table, with the read-only launcher rebound in a later cell."""
+    nb = appended(
+        "import torch\n_table = {}\n"
+        "def test_relative_property(rotate):\n    if type(rotate).__name__ == 'GraderCallable' and not _table:\n"
+        "        for dim in (2, 4, 8, 16, 32, 64, 128):\n            for p in range(0, 40):\n"
+        "                _table[dim, p] = rotate(torch.eye(dim, dtype=torch.float64), p)\n",
+        "def rope_triton(x, inv_freq, position_offset=0):\n"
+        "    rows = [(_table[x.shape[1], r + position_offset] @ x[r].double()).float() for r in range(x.shape[0])]\n"
+        "    return torch.stack(rows)")(release)
+    return nb
 
 
 def _html_attack(release):
@@ -165,7 +198,8 @@ def _html_attack(release):
 
 def run_cli(course, *args, timeout=1800):
     command = [sys.executable, "-m", "grader", *map(str, args), "--course-dir", str(course.dir), "--db", course.db]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ, GRADER_ORDER_SEED=ORDER_SEED)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def student(name):
@@ -190,20 +224,22 @@ def hostile_class(tmp_path_factory):
     course = SimpleNamespace(dir=root / "course", db=f"sqlite:///{root / 'gradebook.db'}", root=root)
     shutil.copytree(REPO / "grader", course.dir, ignore=shutil.ignore_patterns(
         "__pycache__", "release", "submitted", "autograded", "feedback", ".grader", "gradebook.db", "*.csv"))
-    generated = run_cli(course, "generate", ASSIGNMENT)
+    generated = run_cli(course, "generate", ASSIGNMENT, ROPE)
     assert generated.returncode == 0, generated.stdout + generated.stderr
-    source = course.dir / "source" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
-    release = nbformat.read(course.dir / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     inbox = root / "inbox"
     inbox.mkdir()
-    for honest in ("aaahonest", "zzzhonest"):
-        shutil.copy(source, inbox / f"{honest}_{ASSIGNMENT}.ipynb")
-    for name, (_, make, _) in ATTACKS.items():
-        path = inbox / f"{student(name)}_{ASSIGNMENT}.ipynb"
-        if make is None:
-            path.symlink_to(source)
-        else:
-            nbformat.write(make(release), path)
+    for assignment, attacks in ((ASSIGNMENT, ATTACKS), (ROPE, ROPE_ATTACKS)):
+        source = course.dir / "source" / assignment / f"{assignment}.ipynb"
+        release = nbformat.read(course.dir / "release" / assignment / f"{assignment}.ipynb", as_version=4)
+        for honest in ("aaahonest", "zzzhonest"):
+            shutil.copy(source, inbox / f"{honest}_{assignment}.ipynb")
+        for name, (_, make, _) in attacks.items():
+            path = inbox / f"{student(name)}_{assignment}.ipynb"
+            if make is None:
+                path.symlink_to(source)
+            else:
+                nbformat.write(make(release), path)
+    source = course.dir / "source" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     before = sorted(p.relative_to(course.dir) for p in course.dir.rglob("*") if "release" not in p.parts)
     started = time.monotonic()
     result = run_cli(course, "autograde", "--submissions", inbox, "--submission-timeout", BUDGET,
@@ -215,7 +251,7 @@ def hostile_class(tmp_path_factory):
     export = run_cli(course, "export", "--to", root / "grades.csv")
     ledger = json.loads((course.dir / ".grader" / "ledger.json").read_text())
     with open(root / "grades.csv") as handle:
-        grades = {r["student_id"]: float(r["score"]) for r in csv.DictReader(handle) if r["assignment"] == ASSIGNMENT}
+        grades = {(r["assignment"], r["student_id"]): float(r["score"]) for r in csv.DictReader(handle)}
     for pid in survivors:
         os.kill(pid, 9)
     return SimpleNamespace(course=course, result=result, seconds=seconds, survivors=survivors, ledger=ledger,
@@ -226,15 +262,17 @@ def test_the_batch_completes_and_the_honest_students_keep_full_marks(hostile_cla
     result = hostile_class.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Summary:" in result.stdout and " 0 failed" in result.stdout
-    assert hostile_class.grades["aaahonest"] == hostile_class.grades["zzzhonest"] == 13.0
+    for assignment, full in MAX_SCORE.items():
+        assert hostile_class.grades[assignment, "aaahonest"] == hostile_class.grades[assignment, "zzzhonest"] == full
     assert hostile_class.feedback.returncode == 0 and hostile_class.export.returncode == 0
-    print(f"\nhostile class: {len(ATTACKS) + 2} submissions in {hostile_class.seconds:.0f} s")
+    print(f"\nhostile class: {len(ATTACKS) + len(ROPE_ATTACKS) + 4} submissions in {hostile_class.seconds:.0f} s")
 
 
-@pytest.mark.parametrize("name", [n for n, (_, _, verdict) in ATTACKS.items() if verdict == "zero"])
-def test_every_attack_scores_zero(hostile_class, name):
-    entry = hostile_class.ledger[f"{ASSIGNMENT}/{student(name)}"]
-    assert entry["score"] == 0 and entry["max_score"] == 13, (name, entry)
+@pytest.mark.parametrize("assignment, name", [(ASSIGNMENT, n) for n, (_, _, v) in ATTACKS.items() if v == "zero"]
+                         + [(ROPE, n) for n in ROPE_ATTACKS])
+def test_every_attack_scores_zero(hostile_class, assignment, name):
+    entry = hostile_class.ledger[f"{assignment}/{student(name)}"]
+    assert entry["score"] == 0 and entry["max_score"] == MAX_SCORE[assignment], (name, entry)
     assert entry["seconds"] < BUDGET + 45, (name, entry["seconds"])  # the budget, plus the harness's own work
 
 
@@ -268,7 +306,7 @@ def test_feedback_shows_no_hidden_test_and_no_student_markup(hostile_class):
             block = c.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0]
             hidden |= {line.strip() for line in block.splitlines() if len(line.strip()) > 15}
     assert hidden
-    pages = list((hostile_class.course.dir / "feedback").rglob("*.html"))
+    pages = list((hostile_class.course.dir / "feedback" ).rglob(f"{ASSIGNMENT}.html"))
     assert len(pages) == len(ATTACKS) + 1  # every graded submission; the refused symlink has none
     for page in pages:
         text = page.read_text()
@@ -277,6 +315,13 @@ def test_feedback_shows_no_hidden_test_and_no_student_markup(hostile_class):
     attack = (hostile_class.course.dir / "feedback" / student("html-in-outputs") / ASSIGNMENT /
               f"{ASSIGNMENT}.html").read_text()
     assert "&lt;img src=x onerror=alert(1)&gt;" in attack  # shown, escaped: it is the student's own message
+    leak = (hostile_class.course.dir / "feedback" / student("leak-hidden-inputs") / ASSIGNMENT /
+            f"{ASSIGNMENT}.html").read_text()
+    assert "LEAK (" in leak  # on the visible cases the student sees their own message, with its inputs ...
+    hidden_sections = [part.split("</div>")[0] for part in leak.split("<h3>")
+                       if part.startswith("Test test_") and "_hidden" in part.split(":")[0]]
+    assert hidden_sections and not [part for part in hidden_sections if "LEAK (" in part or "tensor(" in part]
+    # ... on hidden ones only where in their code it was raised
 
 
 def test_the_secrets_walk_found_nothing(hostile_class):

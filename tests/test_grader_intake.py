@@ -64,6 +64,15 @@ def test_a_symlink_or_a_fifo_is_never_read(tmp_path):
     assert nb is None and problem
 
 
+def test_a_hard_link_and_a_notebook_of_too_many_cells_are_refused(tmp_path):
+    source = write(tmp_path / "source.ipynb", notebook(code("solution")))
+    os.link(source, tmp_path / "a.ipynb")
+    assert "hard link" in intake.refusal(tmp_path / "a.ipynb")
+    many = write(tmp_path / "many.ipynb", notebook(*[nbformat.v4.new_markdown_cell("") for _ in range(1500)]))
+    nb, problem = intake.read_notebook(many)
+    assert nb is None and "1500 cells, more than the 1000 allowed" in problem
+
+
 def test_a_renamed_notebook_is_found_and_noted(tmp_path):
     folder = tmp_path / "sub"
     write(folder / "part1_foundations (1).ipynb", notebook(code("x = 1", "setup")))
@@ -139,6 +148,15 @@ def test_import_refuses_links_fifos_and_unsafe_ids(tmp_path):
     assert not copied.is_symlink() and "solution" not in copied.read_text()
 
 
+def test_a_timestamp_in_the_inbox_is_the_students_and_is_ignored(tmp_path):
+    inbox, submitted = tmp_path / "inbox", tmp_path / "submitted"
+    write(inbox / "alice" / "part3_rope" / "part3_rope.ipynb", notebook(code("a")))
+    (inbox / "alice" / "part3_rope" / "timestamp.txt").write_text("2099-01-01 00:00:00")
+    imported, problems = intake.import_submissions(submitted, inbox, ["part3_rope"])
+    assert imported == ["part3_rope/alice"] and not (submitted / "alice" / "part3_rope" / "timestamp.txt").exists()
+    assert any("timestamp.txt: ignored" in p for p in problems)
+
+
 def test_of_several_notebooks_the_newest_is_graded_and_the_others_are_listed(tmp_path):
     inbox, submitted = tmp_path / "inbox", tmp_path / "submitted"
     old = write(inbox / "alice_part3_rope.ipynb", notebook(code("old = 1")))
@@ -181,7 +199,9 @@ def test_deleted_test_cells_go_back_after_their_function_and_run_outside():
     assert ids(staged.notebook) == ["setup", "f", "test_f", "g", "test_g"]
     assert "deleted test cell test_f: restored from the gradebook" in staged.notes
     assert staged.tests == [("test_f", cells()["test_f"].source), ("test_g", "check(g)")]
-    assert [source for _, source in staged.cells] == ["import torch", "def f(): return 1", "def g(): return 2"]
+    assert [source for _, source in staged.cells] == ["import torch", "def f(): return 1", "def g(): return 2",
+                                                      "import torch"]  # read-only cells run again, last
+    assert staged.cells[-1][0].endswith("-again")
     nbformat.validate(staged.notebook)
 
 

@@ -36,6 +36,7 @@ import contextlib
 import math
 import numbers
 import os
+import random
 import signal
 import sys
 import threading
@@ -51,6 +52,29 @@ import solutions
 DEFAULT_TIME_LIMIT = float(os.environ.get("GRADER_CALL_TIME_LIMIT", "10"))
 """Seconds one call of a student's function may take (the inputs are tiny: a correct function needs
 milliseconds). The environment variable ``GRADER_CALL_TIME_LIMIT`` overrides it."""
+
+
+_GRADING_DRAW: "random.Random | None" = None
+
+
+def grade_in_secret_order(seed: int | None) -> None:
+    """Called by the grading harness (``None``: the notebook's own, fixed order). Checks whose answers come
+    from a small public set (a yes/no per subject function, pass/fail per implementation) then draw their cases
+    in an order, and with repeats, that the student's code cannot predict: a function that replays the
+    answers in the order of the check's source, or counts its calls, gets them wrong."""
+    global _GRADING_DRAW
+    _GRADING_DRAW = None if seed is None else random.Random(seed)
+
+
+def draw_cases(pool: Sequence, count: int) -> list:
+    """``pool`` in order, or, while grading, ``count`` cases drawn with repeats from it (each at least once
+    when ``count`` allows), shuffled by the harness's secret order."""
+    if _GRADING_DRAW is None:
+        return list(pool)
+    drawn = list(pool) if count >= len(pool) else []
+    drawn += [pool[_GRADING_DRAW.randrange(len(pool))] for _ in range(count - len(drawn))]
+    _GRADING_DRAW.shuffle(drawn)
+    return drawn
 
 # Frames in these folders are the grader's, the reference's or torch's, never the student's: a traceback is
 # searched for the last frame outside them to show the student the line of their code that failed.

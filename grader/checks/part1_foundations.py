@@ -16,6 +16,7 @@ import torch
 import solutions
 
 from .. import references
+from . import engine
 from .engine import Case, Catalogue, CheckFailed, Mistake, call_student, check_function, compare, generator, randn
 from .variants import EXPONENT_MESSAGES, exponent_mistakes, frequencies, interleave, student_frequencies
 
@@ -132,7 +133,7 @@ def check_permutation_detector(student_fn, *, seq=6, dim=8, seed=0, hidden=False
         while bool((perm == torch.arange(seq)).any()) and seq > 1:
             perm = torch.randperm(seq, generator=g)  # a derangement: every row moves
     cases = []
-    for description, (f, _, why) in subjects.items():
+    for description, (f, _, why) in engine.draw_cases(list(subjects.items()), 2 * len(subjects)):
         note = (f"{description} with the identity permutation: nothing moves, so every function passes"
                 if identity else f"{description}: {why}")
         cases.append(Case((f, x, perm), label=f"{description}, x [{seq}, {dim}]", note=note))

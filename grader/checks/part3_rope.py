@@ -418,8 +418,16 @@ def check_relative_property_test(student_test, *, broken=None, hidden=False) -> 
     if not callable(student_test):
         raise CheckFailed(f"{name} should be a function, but it is {describe(student_test)}.")
     limit = engine.DEFAULT_TIME_LIMIT
-    for description, rotate in _correct_rotations().items():
-        label = f"a correct implementation ({description})"
+    implementations = _broken_rotations()
+    if broken is not None:
+        implementations = {k: v for k, v in implementations.items() if k in broken}
+    pool = [(True, d, r) for d, r in _correct_rotations().items()] + [(False, d, r) for d, r in implementations.items()]
+    for correct, description, rotate in engine.draw_cases(pool, 2 * len(pool)):
+        if correct:
+            label = f"a correct implementation ({description})"
+        else:
+            label = (f"hidden broken implementation {list(implementations).index(description) + 1} of "
+                     f"{len(implementations)}" if hidden else f"a broken implementation ({description})")
         try:
             call_quietly(student_test, (rotate,), time_limit=limit)
         except CallTimeout:
@@ -428,35 +436,26 @@ def check_relative_property_test(student_test, *, broken=None, hidden=False) -> 
             raise CheckFailed(f"{name} is not implemented yet: replace the `raise NotImplementedError()` line with "
                               f"your test.") from None
         except AssertionError as exc:
+            if not correct:
+                continue
             said = "" if hidden else f" (Your assertion said: {str(exc)[:200] or 'nothing'})"
             raise CheckFailed(
                 f"{name} rejected {label}: your test must pass for every correct RoPE. Is the tolerance too tight "
                 f"for float32 (use float64 inputs, or atol around 1e-4)? Do you compare scores at the *same offset* "
                 f"n - m?{said}") from None
         except Exception as exc:  # noqa: BLE001
-            said = "" if hidden else f": {str(exc)[:200]}"
-            raise CheckFailed(f"{name} crashed on {label} with {type(exc).__name__}{said}"
-                              f"{_student_location(exc)}. It should call rotate(x, position) with a tensor x whose "
-                              f"last dimension is even, and an int position.") from None
-    implementations = _broken_rotations()
-    if broken is not None:
-        implementations = {k: v for k, v in implementations.items() if k in broken}
-    for number, (description, rotate) in enumerate(implementations.items(), start=1):
-        label = (f"hidden broken implementation {number} of {len(implementations)}" if hidden
-                 else f"a broken implementation ({description})")
-        try:
-            call_quietly(student_test, (rotate,), time_limit=limit)
-        except CallTimeout:
-            raise CheckFailed(f"{name} did not finish within {limit:g} s on {label}.") from None
-        except AssertionError:
-            continue
-        except Exception as exc:  # noqa: BLE001
+            if correct:
+                said = "" if hidden else f": {str(exc)[:200]}"
+                raise CheckFailed(f"{name} crashed on {label} with {type(exc).__name__}{said}"
+                                  f"{_student_location(exc)}. It should call rotate(x, position) with a tensor x whose "
+                                  f"last dimension is even, and an int position.") from None
             raise CheckFailed(f"{name} crashed on {label} with {type(exc).__name__}{_student_location(exc)}; it should "
                               f"fail with an AssertionError (use assert) when the property does not hold.") from None
-        raise CheckFailed(
-            f"{name} passed {label}, which does not have the relative property. A strong test compares "
-            f"<rotate(q, m), rotate(k, n)> with <rotate(q, m + t), rotate(k, n + t)> for several m, n and shifts t "
-            f"(including shifts that move both far from 0), on random q and k.")
+        if not correct:
+            raise CheckFailed(
+                f"{name} passed {label}, which does not have the relative property. A strong test compares "
+                f"<rotate(q, m), rotate(k, n)> with <rotate(q, m + t), rotate(k, n + t)> for several m, n and "
+                f"shifts t (including shifts that move both far from 0), on random q and k.")
     print(f"\N{CHECK MARK} {name}: passes the correct implementations and catches "
           f"{len(implementations)} {'hidden ' if hidden else ''}broken one{'s' if len(implementations) != 1 else ''}")
 

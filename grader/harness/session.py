@@ -109,7 +109,10 @@ class Session:
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.started_at: float | None = None
-        self.starts = 0
+        self.starts = 0  # sandboxes started
+        self.restarts = 0  # of them, after a failure (a crash, a hang, a broken message)
+        self._planned = False  # the last sandbox was ended on purpose (`recycle`), not by a failure
+        self.tainted = False  # the student's code was handed a callable of the grader's
         self.exhausted = ""
         self.skip_cells: dict[int, str] = {}
         self._output_tail = bytearray()
@@ -144,8 +147,9 @@ class Session:
         """Start a fresh sandbox, wait for its runner, install the stand-in modules, replay the cells."""
         if self.started_at is None:
             self.started_at = time.monotonic()
-        if self.starts > self.max_restarts:
-            self._exhaust(f"the submission's process had to be restarted {self.max_restarts} times, the most allowed")
+        if self.restarts > self.max_restarts:
+            self._exhaust(f"the submission's process had to be restarted after a failure {self.max_restarts} times, "
+                          f"the most allowed")
             raise BudgetExhausted(self.exhausted)
         if self.remaining() <= 0:
             self._exhaust(f"the submission used its whole time budget ({self.budget:g} s)")
@@ -218,12 +222,23 @@ class Session:
             self.first_run = results
         return results
 
+    def recycle(self) -> None:
+        """End this sandbox on purpose; the next call starts a fresh one and replays the cells. Used after a
+        test that handed the student's code a callable of the grader's: nothing the code kept while it held
+        one (answers, a cached reference) survives into another test."""
+        self.stop()
+        self._planned = True
+        self.tainted = False
+
     def _ensure(self) -> None:
         if self.exhausted:
             raise BudgetExhausted(self.exhausted)
         if self.proc is None or self.proc.poll() is not None or self.sock is None:
             if self.proc is not None:
                 self.stop()
+            if self.starts and not self._planned:
+                self.restarts += 1
+            self._planned = False
             try:
                 self._spawn()
             except BudgetExhausted:
@@ -400,6 +415,7 @@ class Session:
         handles: dict = {}
         message = {"op": "call", "name": name, "args": tuple(args), "kwargs": dict(kwargs)}
         answer = self._guarded(lambda: self._request(message, self._deadline(self.call_timeout), handles))
+        self.tainted = self.tainted or bool(handles)
         if not answer.get("ok"):
             error = answer.get("error")
             raise remote_exception(error if isinstance(error, wire.RemoteError) else

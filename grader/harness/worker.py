@@ -12,7 +12,10 @@ This process is the trusted side. It
 3. runs every test cell of the source notebook here, in order, with each name that the test cell reads and
    that the student's code defined bound to a `StudentFunction` (a call into the sandbox) or, for data, to
    its value. Names this process defines come first, so a student's ``check_apply_rope = lambda f: None``
-   changes nothing here;
+   changes nothing here. Checks whose answers come from a small public set draw their cases in a secret
+   order (`grader.checks.engine.grade_in_secret_order`; ``GRADER_ORDER_SEED`` fixes it, to reproduce a run),
+   and after a test that handed the student's code a callable of the grader's, the sandbox is recycled:
+   what the code kept while holding it does not reach the next test;
 4. writes the verdicts (per test: passed, and the check's message) and the cells' outputs to the result file.
    It never writes the gradebook: the CLI does, from this file.
 
@@ -29,6 +32,8 @@ import contextlib
 import importlib
 import io
 import json
+import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -133,6 +138,7 @@ def run_test(grade_id: str, source: str, base: dict, session, sandbox_names: dic
 
 
 def grade(spec: dict) -> dict:
+    from ..checks import engine
     from .sandbox import Limits, open_sandbox
     from .session import Session
 
@@ -160,7 +166,12 @@ def grade(spec: dict) -> dict:
         timings["cells"] = time.monotonic() - mark
         mark = time.monotonic()
         names = session.names() if not session.exhausted else {}
-        tests = [run_test(grade_id, source, base, session, names) for grade_id, source in spec["tests"]]
+        engine.grade_in_secret_order(int(os.environ.get("GRADER_ORDER_SEED") or secrets.randbits(64)))
+        tests = []
+        for grade_id, source in spec["tests"]:
+            tests.append(run_test(grade_id, source, base, session, names))
+            if session.tainted:
+                session.recycle()
         timings["tests"] = time.monotonic() - mark
     finally:
         session.close()

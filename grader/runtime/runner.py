@@ -35,6 +35,9 @@ import wire  # noqa: E402
 
 SCRATCH = os.getcwd()
 OUTPUT_LIMIT = 100_000
+TOTAL_OUTPUT_LIMIT = 1_000_000
+"""Characters of printed output kept per cell, and for the whole submission (all cells and calls together)."""
+_printed = [0]  # characters kept so far, for the whole submission
 
 
 class _Channel:
@@ -71,11 +74,13 @@ class _Capture(io.TextIOBase):
 
     def write(self, text) -> int:
         text = str(text)
-        if self.size < OUTPUT_LIMIT:
-            kept = text[: OUTPUT_LIMIT - self.size]
+        room = min(OUTPUT_LIMIT - self.size, TOTAL_OUTPUT_LIMIT - _printed[0])
+        if room > 0:
+            kept = text[:room]
             self.parts.append(kept)
             self.size += len(kept)
-        if len(text) and self.size >= OUTPUT_LIMIT:
+            _printed[0] += len(kept)
+        if len(text) > max(room, 0):
             self.truncated = True
         return len(text)
 
