@@ -428,19 +428,15 @@ class Session:
 def _from_wire(value, handles: dict):
     """Decoded values as the checks expect them: handles back to this side's callables, opaque values as
     objects of a type named like the student's."""
-    if isinstance(value, wire.Handle):
-        return handles.get(value.number, _opaque_value(wire.Opaque("function")))
-    if isinstance(value, wire.Opaque):
-        return _opaque_value(value)
-    if isinstance(value, wire.RemoteError):
-        return remote_exception(value)
-    if isinstance(value, list):
-        return [_from_wire(v, handles) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_from_wire(v, handles) for v in value)
-    if isinstance(value, dict):
-        return {k: _from_wire(v, handles) for k, v in value.items()}
-    return value
+    def leaf(item):
+        if isinstance(item, wire.Handle):
+            return handles.get(item.number, _opaque_value(wire.Opaque("function")))
+        if isinstance(item, wire.Opaque):
+            return _opaque_value(item)
+        if isinstance(item, wire.RemoteError):
+            return remote_exception(item)
+        return item
+    return wire.map_leaves(value, leaf)
 
 
 def _write_back(sent, returned) -> None:

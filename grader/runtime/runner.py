@@ -137,17 +137,6 @@ class GraderCallable:
         return f"<{self._handle.description}>"
 
 
-def _map(obj, fn):
-    """``obj`` with every leaf passed through ``fn`` (lists, tuples and dict values are walked)."""
-    if isinstance(obj, list):
-        return [_map(o, fn) for o in obj]
-    if isinstance(obj, tuple):
-        return tuple(_map(o, fn) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _map(v, fn) for k, v in obj.items()}
-    return fn(obj)
-
-
 def _rebuild_exception(error: wire.RemoteError) -> BaseException:
     kind = getattr(builtins, error.type_name, None)
     if not (isinstance(kind, type) and issubclass(kind, Exception)):
@@ -229,7 +218,8 @@ class Runner:
         if name not in self.namespace:
             return {"ok": False, "error": wire.RemoteError("NameError", f"name {name!r} is not defined")}
         to_proxy = lambda leaf: GraderCallable(self, leaf, number) if isinstance(leaf, wire.Handle) else leaf  # noqa: E731
-        args, kwargs = _map(tuple(request.get("args", ())), to_proxy), _map(dict(request.get("kwargs", {})), to_proxy)
+        args = wire.map_leaves(tuple(request.get("args", ())), to_proxy)
+        kwargs = wire.map_leaves(dict(request.get("kwargs", {})), to_proxy)
         capture = _Capture()
         self.active_call = number
         try:
@@ -240,8 +230,9 @@ class Runner:
         finally:
             self.active_call = None
         to_handle = lambda leaf: leaf._handle if isinstance(leaf, GraderCallable) else leaf  # noqa: E731
-        return {"ok": True, "value": _map(value, to_handle) if isinstance(value, (list, tuple, dict)) else value,
-                "args": _map(args, to_handle), "kwargs": _map(kwargs, to_handle)}
+        value = wire.map_leaves(value, to_handle) if isinstance(value, (list, tuple, dict)) else value
+        return {"ok": True, "value": value, "args": wire.map_leaves(args, to_handle),
+                "kwargs": wire.map_leaves(kwargs, to_handle)}
 
     # ------------------------------------------------------------------------------------------ callbacks
 

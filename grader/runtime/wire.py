@@ -135,6 +135,10 @@ class _Encoder:
             return self._torch(obj)
         if module == "numpy":
             return self._numpy(obj)
+        return self._other(obj)
+
+    def _other(self, obj):
+        """A callable becomes a handle when the sender keeps a handle table; anything else an opaque name."""
         if callable(obj) and self.handles is not None:
             number = len(self.handles) + 1
             self.handles[number] = obj
@@ -157,11 +161,7 @@ class _Encoder:
             else:
                 data = b""
             return {"$": "tensor", "d": dtype, "s": [int(d) for d in obj.shape], "b": self.buffer(data)}
-        if callable(obj) and self.handles is not None:
-            number = len(self.handles) + 1
-            self.handles[number] = obj
-            return {"$": "handle", "n": number, "d": _describe_callable(obj)}
-        return {"$": "opaque", "t": _type_name(obj)}
+        return self._other(obj)
 
     def _numpy(self, obj):
         np = _numpy()
@@ -316,6 +316,17 @@ class _Decoder:
         if math.prod(shape) * np.dtype(dtype).itemsize != len(data):
             raise WireError("an array whose bytes do not match its shape")
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def map_leaves(obj, fn):
+    """``obj`` with every leaf passed through ``fn``: lists, tuples and dict values are walked."""
+    if isinstance(obj, list):
+        return [map_leaves(o, fn) for o in obj]
+    if isinstance(obj, tuple):
+        return tuple(map_leaves(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: map_leaves(v, fn) for k, v in obj.items()}
+    return fn(obj)
 
 
 def _list(value, length: int | None = None) -> list:
