@@ -362,3 +362,18 @@ def test_without_a_sandbox_autograde_refuses_and_no_sandbox_grades_with_a_mark(t
 
     plain = Course(course, f"sqlite:///{tmp_path / 'gb.db'}").api().autograde("part1_foundations", "ann", force=True)
     assert not plain["success"] and "python -m grader autograde" in (plain.get("error") or "") + (plain.get("log") or "")
+
+
+def test_a_virtualenv_under_tmp_is_bound_after_the_sandboxs_own_tmp(monkeypatch):
+    """A checkout in /tmp (a CI clone) keeps its virtualenv visible: the tmpfs comes first, the bind on top."""
+    import sys
+
+    from grader.harness.sandbox import Sandbox
+
+    monkeypatch.setattr(sys, "prefix", "/tmp/checkout/.venv")
+    command = Sandbox("bwrap", Limits()).command(["python"], {})
+    tmpfs = next(i for i in range(len(command)) if command[i:i + 2] == ["--tmpfs", "/tmp"])
+    bind = next(i for i in range(len(command)) if command[i:i + 3] == ["--ro-bind", "/tmp/checkout/.venv",
+                                                                        "/tmp/checkout/.venv"])
+    assert tmpfs < bind
+    assert ["--perms", "0755", "--dir", "/tmp"] not in [command[i:i + 4] for i in range(len(command))]

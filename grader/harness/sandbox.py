@@ -107,7 +107,7 @@ class Sandbox:
         roots = sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()})
         roots = [r for r in roots if not any(r != o and o in r.parents for o in roots) and Path("/usr") not in
                  (r, *r.parents)]
-        args, made = [], set()
+        args, made = [], {Path("/tmp"), Path(SCRATCH)}  # already there: the sandbox's own tmpfs folders
         for root in roots:
             for folder in reversed(root.parents[:-1]):
                 if folder not in made:
@@ -135,12 +135,14 @@ class Sandbox:
                 "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
         if not self.as_root:
             args += ["--unshare-user"]
-        args += self._system_binds() + self._python_binds()
+        # The tmpfs folders come before the interpreter's binds: a virtualenv that lives under /tmp (a CI
+        # checkout, say) is then bound on top of the sandbox's /tmp instead of being hidden by it.
+        args += self._system_binds()
+        args += ["--perms", "1777", "--size", str(limits.scratch_mb * 2**20), "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", str(limits.scratch_mb * 2**20), "--tmpfs", SCRATCH]
+        args += self._python_binds()
         args += ["--ro-bind", str(RUNTIME_DIR), RUNTIME, "--proc", "/proc"] + self._devices()
-        args += [
-                 "--perms", "1777", "--size", str(limits.scratch_mb * 2**20), "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", str(limits.scratch_mb * 2**20), "--tmpfs", SCRATCH,
-                 "--chdir", SCRATCH, "--clearenv"]
+        args += ["--chdir", SCRATCH, "--clearenv"]
         for key, value in sorted(env.items()):
             args += ["--setenv", key, value]
         if self.as_root:
