@@ -139,7 +139,8 @@ def run_worker(course: Course, staged: intake.Staged, assignment: str, student: 
                 sandbox=not opts.no_sandbox, limits=limits, result_file=str(result_file))
     spec_file.write_text(json.dumps(spec))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + paths)
     for threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(threads, "1")
     wall = opts.submission_timeout + 120  # the student's budget, plus the checks' own work and the imports
@@ -185,7 +186,8 @@ def record(course: Course, assignment: str, student: str, staged: intake.Staged,
     stamp = course.root / "submitted" / student / assignment / "timestamp.txt"
     if intake.refusal(stamp) is None:
         (folder / "timestamp.txt").write_bytes(intake.read_regular(stamp, 4096))
-    pipeline = [ApplyVerdicts if p is Execute else p for p in Autograde.class_traits()["autograde_preprocessors"].default()]
+    defaults = Autograde.class_traits()["autograde_preprocessors"].default()
+    pipeline = [ApplyVerdicts if p is Execute else p for p in defaults]
     api = course.api(**{"CourseDirectory.submitted_directory": STAGING,
                         "Autograde.autograde_preprocessors": pipeline,
                         "OverwriteCells.add_missing_cells": True,
@@ -386,7 +388,8 @@ def summarise(outcomes: list[Outcome], elapsed: float) -> int:
         f"score 0), {counts['failed']} failed, {counts['skipped']} skipped (unchanged)")
     if done:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        say(f"  {len(done)} graded in {elapsed:.0f} s: {60 * len(done) / max(elapsed, 1e-9):.1f} submissions per minute "
+        rate = 60 * len(done) / max(elapsed, 1e-9)
+        say(f"  {len(done)} graded in {elapsed:.0f} s: {rate:.1f} submissions per minute "
             f"({os.cpu_count()} cores, load average {load:.1f})")
     for o in outcomes:
         if o.status in ("zeroed", "failed"):

@@ -187,8 +187,9 @@ class Session:
             except BaseException as exc:
                 self.skip_cells[index] = str(exc) or type(exc).__name__
                 raise
+            error = answer.get("error")
             results.append(CellResult(path, bool(answer.get("ok")), str(answer.get("output") or ""),
-                                      answer.get("error") if isinstance(answer.get("error"), wire.RemoteError) else None))
+                                      error if isinstance(error, wire.RemoteError) else None))
         if not self.first_run:
             self.first_run = results
 

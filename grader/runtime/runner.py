@@ -98,7 +98,8 @@ def _location(exc: BaseException) -> str:
     for frame in reversed(frames):
         if str(frame.filename).startswith(SCRATCH + os.sep):
             line = (frame.line or "").strip()
-            return f" (line {frame.lineno} of your code: `{line[:200]}`)" if line else f" (line {frame.lineno} of your code)"
+            quoted = f": `{line[:200]}`" if line else ""
+            return f" (line {frame.lineno} of your code{quoted})"
     return ""
 
 
@@ -217,7 +218,8 @@ class Runner:
         number = self.call_number
         if name not in self.namespace:
             return {"ok": False, "error": wire.RemoteError("NameError", f"name {name!r} is not defined")}
-        to_proxy = lambda leaf: GraderCallable(self, leaf, number) if isinstance(leaf, wire.Handle) else leaf  # noqa: E731
+        def to_proxy(leaf):
+            return GraderCallable(self, leaf, number) if isinstance(leaf, wire.Handle) else leaf
         args = wire.map_leaves(tuple(request.get("args", ())), to_proxy)
         kwargs = wire.map_leaves(dict(request.get("kwargs", {})), to_proxy)
         capture = _Capture()

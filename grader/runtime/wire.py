@@ -153,7 +153,8 @@ class _Encoder:
             return {"$": "tuple", "v": [int(d) for d in obj]}
         if isinstance(obj, torch.Tensor):
             dtype = str(obj.dtype).replace("torch.", "")
-            if dtype not in TENSOR_DTYPES or obj.layout != torch.strided or obj.is_quantized or obj.device.type != "cpu":
+            plain = obj.layout == torch.strided and not obj.is_quantized and obj.device.type == "cpu"
+            if dtype not in TENSOR_DTYPES or not plain:
                 return {"$": "opaque", "t": f"tensor ({obj.dtype}, {obj.layout}, on {obj.device.type})"}
             flat = obj.detach().contiguous().reshape(-1)
             if flat.numel():
