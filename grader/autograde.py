@@ -79,12 +79,11 @@ def load_assignment(course: Course, assignment: str) -> Assignment:
     """The source notebook's grade ids in order; every locked cell as the gradebook holds it (the source
     version, with hidden tests), and every solution cell with its release metadata."""
     source = nbformat.read(course.source_notebook(assignment), as_version=4)
-    order = [c.metadata["nbgrader"]["grade_id"] for c in source.cells
-             if c.get("metadata", {}).get("nbgrader", {}).get("grade_id")]
+    order = [intake.nbgrader_meta(c)["grade_id"] for c in source.cells if intake.nbgrader_meta(c).get("grade_id")]
     release = nbformat.read(course.release_notebook(assignment), as_version=4)
     released = {}
     for cell in release.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
+        meta = intake.nbgrader_meta(cell)
         if meta.get("grade_id"):
             released[meta["grade_id"]] = cell
     cells: dict[str, intake.SourceCell] = {}
@@ -223,7 +222,7 @@ def cell_notes(staged: intake.Staged, reports: list[dict], memory_mb: int) -> li
     much output. Each names the cell by its grade id where it has one."""
     names = {}
     for number, cell in enumerate(staged.notebook.cells, start=1):
-        names[cell.get("id")] = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or f"cell {number}"
+        names[cell.get("id")] = intake.nbgrader_meta(cell).get("grade_id") or f"cell {number}"
     notes = []
     for report in reports:
         name = names.get(report.get("id"), "a cell")

@@ -84,10 +84,15 @@ def _real_dir(path: Path) -> bool:
 
 
 def _notebooks(folder: Path, problems: list[str], where: str) -> list[Path]:
-    """Regular ``*.ipynb`` files under ``folder`` (checkpoints left out); refusals noted in ``problems``."""
+    """Regular ``*.ipynb`` files under ``folder`` (checkpoints left out); refusals, and folders that are
+    symbolic links (never followed), noted in ``problems``."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints" and not os.path.islink(os.path.join(root, d)))
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        problems += [f"{where}/{Path(root, d).relative_to(folder)} is a symbolic link (refused)" for d in links]
+        dirs[:] = sorted(d for d in dirs if d not in links)
+        if ".ipynb_checkpoints" in Path(root).relative_to(folder).parts:
+            continue
         for name in sorted(files):
             path = Path(root) / name
             if not name.endswith(".ipynb"):
@@ -97,10 +102,6 @@ def _notebooks(folder: Path, problems: list[str], where: str) -> list[Path]:
                 problems.append(f"{where}/{path.relative_to(folder)} {why}")
             else:
                 found.append(path)
-    for root, dirs, _ in os.walk(folder, followlinks=False):
-        for d in dirs:
-            if os.path.islink(os.path.join(root, d)):
-                problems.append(f"{where}/{Path(root, d).relative_to(folder)} is a symbolic link (refused)")
     return found
 
 
@@ -232,7 +233,7 @@ class Located:
 def _grade_id_overlap(path: Path, ids: set[str]) -> int:
     try:
         nb = json.loads(read_regular(path).decode("utf-8"))
-        return sum(1 for c in nb.get("cells", []) if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") in ids)
+        return sum(1 for c in nb.get("cells", []) if nbgrader_meta(c).get("grade_id") in ids)
     except Exception:  # noqa: BLE001
         return -1
 
@@ -325,7 +326,8 @@ class Staged:
     notes: list[str]
 
 
-def _nbgrader(cell) -> dict:
+def nbgrader_meta(cell) -> dict:
+    """A cell's nbgrader metadata (``{}`` where it has none, or something that is not a record)."""
     meta = cell.get("metadata", {}).get("nbgrader", {})
     return meta if isinstance(meta, dict) else {}
 
@@ -341,7 +343,7 @@ def stage(nb: NotebookNode | None, order: list[str], cells: dict[str, SourceCell
     seen: set[str] = set()
     kept: list[NotebookNode] = []
     for cell in nb.cells:
-        grade_id = _nbgrader(cell).get("grade_id")
+        grade_id = nbgrader_meta(cell).get("grade_id")
         known = cells.get(grade_id) if isinstance(grade_id, str) and grade_id not in seen else None
         if known is not None and known.cell_type == cell.get("cell_type"):
             seen.add(grade_id)
@@ -372,8 +374,8 @@ def stage(nb: NotebookNode | None, order: list[str], cells: dict[str, SourceCell
         anchor = next((g for g in reversed(order[:position]) if g in seen), None)
         index = 0
         if anchor is not None:
-            index = next(i for i, c in enumerate(kept) if _nbgrader(c).get("grade_id") == anchor) + 1
-            while index < len(kept) and _nbgrader(kept[index]).get("grade_id") in missing:
+            index = next(i for i, c in enumerate(kept) if nbgrader_meta(c).get("grade_id") == anchor) + 1
+            while index < len(kept) and nbgrader_meta(kept[index]).get("grade_id") in missing:
                 index += 1
         elif not seen:
             index = len(kept)  # nothing of the assignment is left: every test after the student's code
@@ -390,7 +392,7 @@ def stage(nb: NotebookNode | None, order: list[str], cells: dict[str, SourceCell
     for cell in staged.cells:
         if cell.cell_type != "code":
             continue
-        meta = _nbgrader(cell)
+        meta = nbgrader_meta(cell)
         if meta.get("grade") and not meta.get("solution"):
             tests.append((meta["grade_id"], cell.source))
             test_ids[meta["grade_id"]] = cell["id"]

@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 
 from .course import Course
+from .intake import nbgrader_meta
 
 
 def say(*parts) -> None:
@@ -42,11 +43,6 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _nbgrader(cell) -> dict:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return meta if isinstance(meta, dict) else {}
-
-
 def _message(cell) -> tuple[bool, str]:
     """(passed, message) of a test cell of the autograded notebook, from the outputs the grader wrote."""
     errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
@@ -59,7 +55,7 @@ def _message(cell) -> tuple[bool, str]:
 def feedback_html(course: Course, assignment: str, student: str) -> str:
     autograded = nbformat.read(course.root / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
     release = nbformat.read(course.release_notebook(assignment), as_version=4)
-    visible = {_nbgrader(c).get("grade_id"): c.source for c in release.cells if _nbgrader(c).get("grade_id")}
+    visible = {nbgrader_meta(c).get("grade_id"): c.source for c in release.cells if nbgrader_meta(c).get("grade_id")}
     with course.gradebook() as gb:
         submission = gb.find_submission(assignment, student)
         total, maximum = submission.score, submission.max_score
@@ -71,7 +67,7 @@ def feedback_html(course: Course, assignment: str, student: str) -> str:
     if notes:  # from the CLI's own record: a cell of the student's cannot pose as one
         body.append('<h3>Grader notes</h3><pre class="note">' + _e("\n".join(f"- {n}" for n in notes)) + "</pre>")
     for cell in autograded.cells:
-        meta = _nbgrader(cell)
+        meta = nbgrader_meta(cell)
         grade_id = meta.get("grade_id")
         if cell.cell_type != "code":
             continue

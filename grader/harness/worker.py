@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -44,12 +45,17 @@ COURSE_PACKAGES = ("grader", "solutions")
 """Modules the set-up cell may import from the course: the sandbox gets stand-ins of them, never the code."""
 
 
-def python_source(source: str) -> str:
-    """A cell's source as Python (IPython's own translation of %magics and !commands into calls)."""
+@functools.lru_cache(maxsize=1)
+def _transformer():
     from IPython.core.inputtransformer2 import TransformerManager
 
+    return TransformerManager()
+
+
+def python_source(source: str) -> str:
+    """A cell's source as Python (IPython's own translation of %magics and !commands into calls)."""
     try:
-        return TransformerManager().transform_cell(source)
+        return _transformer().transform_cell(source)
     except Exception:  # noqa: BLE001 (left as it is: it fails when run, in the sandbox)
         return source
 
