@@ -33,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gradebook database, any SQLAlchemy URL (default: sqlite:///<course-dir>/gradebook.db)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", parents=[common], help="write the student versions into release/")
+    generate = commands.add_parser("generate", parents=[common], help="write the student versions into release/ and their kits into kits/")
     generate.add_argument("assignments", nargs="*", help="default: every assignment in source/")
     generate.add_argument("--book", action="store_true",
-                          help="write the student versions into the book instead (book/exercises/<assignment>.ipynb, "
-                               "the notebooks the chapters' Exercise sections link), generated in a temporary copy "
-                               "of the course: release/ and the gradebook are not touched")
+                          help="write the student kits into the book instead (book/exercises/<assignment>.zip, "
+                               "the kits the chapters' Exercise sections link), generated in a temporary copy "
+                               "of the course: release/, kits/ and the gradebook are not touched")
     generate.set_defaults(run=generate_step.cmd_generate)
 
     autograde = commands.add_parser("autograde", parents=[common], help="grade submitted/ (or a folder of submissions)",

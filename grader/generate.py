@@ -1,8 +1,9 @@
 """``python -m grader generate``: the student versions of the assignments, for a class or for the book.
 
 ``generate`` runs nbgrader's ``generate_assignment`` (solutions and hidden tests removed, cells locked and
-checksummed, the assignment entered in the gradebook) into ``release/``. ``generate --book`` writes the same
-student versions into ``book/exercises/`` from a temporary copy of the course, leaving ``release/`` and the
+checksummed, the assignment entered in the gradebook) into ``release/``, and packs each student version with
+its visible checks into a student kit, ``kits/<assignment>.zip`` (`grader.kits`). ``generate --book`` writes
+the kits into ``book/exercises/`` from a temporary copy of the course, leaving ``release/``, ``kits/`` and the
 gradebook alone.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import kits
 from .course import REPO_ROOT, Course
 
 
@@ -24,9 +26,10 @@ def say(*parts) -> None:
 
 
 BOOK_EXERCISES = REPO_ROOT / "book" / "exercises"
-"""Where ``generate --book`` writes the student versions that the book's Exercise sections offer for download."""
+"""Where ``generate --book`` writes the student kits that the book's Exercise sections offer for download."""
 
-GENERATED = ("__pycache__", "release", "submitted", "autograded", "feedback", ".grader", "gradebook.db", "*.csv")
+GENERATED = ("__pycache__", "release", "kits", "submitted", "autograded", "feedback", ".grader", "gradebook.db",
+             "*.csv")
 """What nbgrader or this CLI writes into a course directory: left out when the course is copied."""
 
 _MARKDOWN_LINK = re.compile(r"(\]\()([^)\s]+)(\))")
@@ -84,13 +87,23 @@ def cmd_generate(course: Course, args) -> int:
             failed += 1
             continue
         tests, points = generated
-        say(f"{assignment}: {tests} test cells, {points:g} points -> "
-            f"{course.release_notebook(assignment).relative_to(course.root)}")
+        kit = course.root / "kits" / f"{assignment}.zip"
+        kit.parent.mkdir(exist_ok=True)
+        release = course.release_notebook(assignment)
+        kit.write_bytes(kits.build_kit(course.source_notebook(assignment), release.read_text(encoding="utf-8")))
+        say(f"{assignment}: {tests} test cells, {points:g} points -> {release.relative_to(course.root)}, "
+            f"student kit {kit.relative_to(course.root)}")
     return 1 if failed else 0
 
 
+def book_kit(course: Course, assignment: str) -> bytes:
+    """The kit the book offers for ``assignment``: `book_copy` of its release in ``course``, with its checks."""
+    notebook = book_copy(course.release_notebook(assignment), assignment)
+    return kits.build_kit(course.source_notebook(assignment), notebook)
+
+
 def generate_book_copies(course: Course, assignments: list[str]) -> int:
-    """Write `book_copy` of each assignment's student version into `BOOK_EXERCISES`.
+    """Write the kit of each assignment (`book_kit`) into `BOOK_EXERCISES`.
 
     The releases are generated in a temporary copy of the course, with a temporary gradebook, so that the
     course's own ``release/`` and gradebook are left as they are (a maintainer's step, not an instructor's).
@@ -107,8 +120,8 @@ def generate_book_copies(course: Course, assignments: list[str]) -> int:
             if generated is None:
                 failed += 1
                 continue
-            target = BOOK_EXERCISES / f"{assignment}.ipynb"
-            target.write_text(book_copy(scratch_course.release_notebook(assignment), assignment), encoding="utf-8")
+            target = BOOK_EXERCISES / f"{assignment}.zip"
+            target.write_bytes(book_kit(scratch_course, assignment))
             tests, points = generated
             say(f"{assignment}: {tests} test cells, {points:g} points -> {target.relative_to(REPO_ROOT)}")
     return 1 if failed else 0

@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from grader import checks
+
+checks.serve_as_student_package()  # the source notebooks' `from course_checks import ...` gets the grader's checks
+
 
 @pytest.fixture(autouse=True, scope="session")
 def single_thread():

@@ -23,6 +23,7 @@ import torch
 import solutions
 from grader import checks, references
 from grader.checks import CheckFailed
+from grader.course_checks import comparing as course_comparing
 
 
 def failure(check, *args, **kwargs) -> str:
@@ -340,7 +341,7 @@ def test_permutation_detector_and_student_test_grading():
 
 
 def test_an_infinite_loop_fails_with_a_time_limit_message(monkeypatch):
-    monkeypatch.setattr(checks.engine, "DEFAULT_TIME_LIMIT", 0.3)  # read by the engine at every call
+    monkeypatch.setattr(course_comparing, "DEFAULT_TIME_LIMIT", 0.3)  # read at every call
 
     def forever(dim, base=10000.0):
         while True:
@@ -541,7 +542,8 @@ def test_digest_paths_lists_what_an_assignment_is_graded_with():
         paths = checks.digest_paths(assignment)
         assert paths == sorted(set(paths)) and all(p.is_file() for p in paths)
         assert {repo / "grader" / "checks" / "engine.py", repo / "grader" / "checks" / f"{assignment}.py",
-                repo / "grader" / "references.py"} <= set(paths)
+                repo / "grader" / "references.py", repo / "grader" / "course_checks" / "steps.py",
+                repo / "grader" / "course_checks" / "comparing.py"} <= set(paths)
         others = set(checks.ASSIGNMENTS) - {assignment}
         assert not {p for p in paths if p.stem in others}, "another assignment's checks"
     part3 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part3_rope")}

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -297,25 +298,25 @@ def test_rerunning_grades_nothing_twice_and_regrades_a_changed_submission(course
     assert re.search(r"9 submission\(s\): 1 graded, 0 zeroed .*, 0 failed, 8 skipped", third.stdout)
 
 
-def test_a_student_runs_the_release_from_their_own_copy_of_the_repository(course, tmp_path, monkeypatch):
-    """The setup cell finds `grader` by walking up from the notebook's folder: no PYTHONPATH, no PE_COURSE_ROOT."""
+def test_a_student_runs_the_kit_in_jupyter_away_from_the_repository(course, tmp_path, monkeypatch):
+    """`generate` packs a kit that runs in a Jupyter kernel from any folder: its `course_checks` is the kit's own,
+    and the untouched notebook's visible check says "not implemented"."""
     from nbclient import NotebookClient
 
-    checkout = tmp_path / "my-course-copy"
-    for package in ("grader", "solutions"):
-        shutil.copytree(REPO / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
-    folder = checkout / "homework" / "week1"
-    folder.mkdir(parents=True)
-    release = nbformat.read(course.dir / "release" / "part1_foundations" / "part1_foundations.ipynb", as_version=4)
-    probe = nbformat.v4.new_code_cell("import grader.checks\nprint(grader.checks.__file__)")
-    release.cells = [cell(release, "setup"), probe, cell(release, "sinusoidal_encoding"),
-                     cell(release, "test_sinusoidal_encoding_visible")]
+    zipfile.ZipFile(course.dir / "kits" / "part1_foundations.zip").extractall(tmp_path)
+    folder = tmp_path / "part1_foundations"
+    notebook = nbformat.read(folder / "part1_foundations.ipynb", as_version=4)
+    probe = nbformat.v4.new_code_cell("import course_checks, sys\nprint(course_checks.__file__)\n"
+                                      "print('solutions' in sys.modules or 'grader' in sys.modules)")
+    notebook.cells = [cell(notebook, "setup"), probe, cell(notebook, "sinusoidal_encoding"),
+                      cell(notebook, "test_sinusoidal_encoding_visible")]
     for name in ("PYTHONPATH", "PE_COURSE_ROOT"):
         monkeypatch.delenv(name, raising=False)
-    NotebookClient(release, timeout=300, allow_errors=True, resources={"metadata": {"path": str(folder)}}).execute()
-    setup, probe, _, test = release.cells
+    NotebookClient(notebook, timeout=300, allow_errors=True, resources={"metadata": {"path": str(folder)}}).execute()
+    setup, probe, _, test = notebook.cells
     assert not [o for o in setup.outputs if o.output_type == "error"]
-    assert probe.outputs[0].text.strip().startswith(str(checkout / "grader" / "checks"))
+    where, imported_the_course = probe.outputs[0].text.split()
+    assert where.startswith(str(folder / "course_checks")) and imported_the_course == "False"
     assert test.outputs[0].ename == "CheckFailed" and "not implemented yet" in test.outputs[0].evalue
 
 

@@ -1,9 +1,11 @@
 """Leak safety: neither the student versions nor the published book show what students are asked to write.
 
 * The release of every assignment (generated into a temporary copy of the course) contains no solution body,
-  no hidden test, no output, and no line of the `solutions` code its checks compare with; so do the copies
-  that the book offers for download (``book/exercises/``), which must also be exactly what
-  ``python -m grader generate --book`` makes of that release today.
+  no hidden test, no output, and no line of the `solutions` code its checks compare with; so do the student
+  kits that the book offers for download (``book/exercises/<assignment>.zip``): their notebook, their
+  ``course_checks`` code and the strings of their data. A kit's data records the visible test cells' calls and
+  nothing hidden, and the committed kits are byte for byte what ``python -m grader generate --book`` makes
+  today.
 * The book's notebooks and markdown pages display no source of a graded `solutions` function: no
   ``inspect.getsource`` (directly or through a helper) of one, no ``literalinclude`` that reaches into one, no
   ``%psource``/``??``/``%pycat``/``%load`` of one, no cell that prints a solutions file.
@@ -12,8 +14,10 @@ The graded functions are `grader.checks.GRADED_REFERENCES` of the checks the ass
 """
 
 import ast
+import io
 import re
 import shutil
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -125,22 +129,58 @@ def test_the_release_has_no_solution_body_no_hidden_test_and_no_reference_source
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_the_books_student_versions_are_clean_and_regenerate_identically(release, assignment):
+def test_the_books_kits_are_clean_and_regenerate_identically(release, assignment, tmp_path):
+    from grader import kits
     from grader.generate import BOOK_EXERCISES, book_copy
+    from grader.runtime import wire
 
-    committed = BOOK_EXERCISES / f"{assignment}.ipynb"
+    committed = BOOK_EXERCISES / f"{assignment}.zip"
     assert committed.is_file(), f"{committed.relative_to(REPO)} is missing: run `python -m grader generate --book`"
-    regenerated = book_copy(release / assignment / f"{assignment}.ipynb", assignment)
-    assert committed.read_text(encoding="utf-8") == regenerated, (
-        f"{committed.relative_to(REPO)} differs from the student version of grader/source/{assignment}: "
+    regenerated = kits.build_kit(SOURCE / assignment / f"{assignment}.ipynb",
+                                 book_copy(release / assignment / f"{assignment}.ipynb", assignment))
+    assert committed.read_bytes() == regenerated, (
+        f"{committed.relative_to(REPO)} differs from the kit of grader/source/{assignment}: "
         f"run `python -m grader generate --book` and commit the result")
-    assert_a_clean_student_version(committed, assignment)
+
+    files = {info.filename: zipfile.ZipFile(io.BytesIO(regenerated)).read(info)
+             for info in zipfile.ZipFile(io.BytesIO(regenerated)).infolist()}
+    folder = f"{assignment}/"
+    assert sorted(files) == sorted([folder + f"{assignment}.ipynb", folder + "README.md",
+                                    folder + f"course_checks/{assignment}.checks", folder + "course_checks/wire.py"]
+                                   + [folder + "course_checks/" + name for name in kits.KIT_MODULES])
+    notebook = tmp_path / f"{assignment}.ipynb"
+    notebook.write_bytes(files[folder + f"{assignment}.ipynb"])
+    assert_a_clean_student_version(notebook, assignment)
+
+    # The kit's code and texts, and every string of its data, hold no solution line, no hidden test line and no
+    # line of the reference code its checks compare with.
+    data = wire.decode(files[folder + f"course_checks/{assignment}.checks"])
+    strings = set()
+    wire.map_leaves(data, lambda leaf: strings.add(leaf) if isinstance(leaf, str) else None)
+    lines = {line.strip() for path, content in files.items() if not path.endswith((".ipynb", ".checks"))
+             for line in content.decode("utf-8").splitlines()}
+    lines |= {line.strip() for text in strings for line in text.splitlines()}
+    secret = secret_lines(source_notebook(assignment))
+    assert not secret & lines, sorted(secret & lines)
+    for ref in {r for check in checks_used(source_notebook(assignment)) for r in GRADED_REFERENCES.get(check, [])}:
+        assert not reference_lines(ref) & lines, ref
+
+    # What the data records: the visible test cells' calls, no hidden step, and no check of another assignment.
+    visible = [c.source for c in source_notebook(assignment).cells
+               if c.metadata.get("nbgrader", {}).get("grade") and "BEGIN HIDDEN TESTS" not in c.source]
+    recorded = [call for calls in data["checks"].values() for call in calls]
+    assert sorted(call["source"] for call in recorded) == sorted(
+        ast.unparse(statement) for source in visible for statement in ast.parse(source).body)
+    for call in recorded:
+        for step in call["steps"]:
+            assert not step.get("hidden") and not step.get("options", {}).get("hidden"), call["source"]
 
 
 def test_the_book_offers_exactly_the_assignments():
     from grader.generate import BOOK_EXERCISES
 
-    assert sorted(p.stem for p in BOOK_EXERCISES.glob("*.ipynb")) == ASSIGNMENTS
+    assert sorted(p.stem for p in BOOK_EXERCISES.iterdir() if p.name != "conftest.py") == ASSIGNMENTS
+    assert all(p.suffix == ".zip" for p in BOOK_EXERCISES.iterdir() if p.name != "conftest.py")
 
 
 def assert_a_clean_student_version(notebook, assignment):
@@ -153,6 +193,16 @@ def assert_a_clean_student_version(notebook, assignment):
     assert not [c for c in released.cells if c.cell_type == "code" and c.outputs]
 
     source = source_notebook(assignment)
+    secret = secret_lines(source)
+    assert secret
+    assert not secret & lines, sorted(secret & lines)
+
+    for ref in {r for check in checks_used(source) for r in GRADED_REFERENCES.get(check, [])}:
+        assert not reference_lines(ref) & lines, f"{ref}: {sorted(reference_lines(ref) & lines)}"
+
+
+def secret_lines(source):
+    """The lines of a source notebook's solutions and hidden tests that it shows nowhere else."""
     secret, public = set(), set()
     for c in source.cells:
         outside = c.source
@@ -161,15 +211,13 @@ def assert_a_clean_student_version(notebook, assignment):
                 secret |= {line.strip() for line in block.split(end)[0].splitlines() if len(line.strip()) > 12}
             outside = re.sub(rf"{begin}.*?{end}", "", outside, flags=re.S)
         public |= {line.strip() for line in outside.splitlines()}
-    secret -= public  # a line the notebook also shows outside a solution (a demo's seed) gives nothing away
-    assert secret
-    assert not secret & lines, sorted(secret & lines)
+    return secret - public  # a line the notebook also shows outside a solution (a demo's seed) gives nothing away
 
-    for ref in {r for check in checks_used(source) for r in GRADED_REFERENCES.get(check, [])}:
-        path, numbers = code_lines(ref)
-        reference_lines = {path.read_text().splitlines()[n - 1].strip() for n in numbers}
-        reference_lines = {line for line in reference_lines if len(line) > 20}
-        assert not reference_lines & lines, f"{ref}: {sorted(reference_lines & lines)}"
+
+def reference_lines(ref):
+    """The code lines (over 20 characters) of a graded `solutions` object."""
+    path, numbers = code_lines(ref)
+    return {line for line in (path.read_text().splitlines()[n - 1].strip() for n in numbers) if len(line) > 20}
 
 
 # ------------------------------------------------------------------------------------------ the book

@@ -1,8 +1,9 @@
-"""The student versions of the assignments, kept here for the book to offer as downloads.
+"""The student kits of the assignments (``<assignment>.zip``), kept here for the book to offer as downloads.
 
-They are not chapters: their checks fail until a student fills in the functions, so `pytest book --nbval-lax`
-must not execute them. `tests/test_grader_leaks.py` checks them instead (no solution, no hidden test, and the
-same as `python -m grader generate --book` regenerates).
+A kit's notebook is not a chapter: its checks fail until a student fills in the functions, so `pytest book
+--nbval-lax` must not execute one unzipped here. `tests/test_grader_leaks.py` checks the kits instead (no
+solution, no hidden test, and the same as `python -m grader generate --book` regenerates), and
+`tests/test_grader_kits.py` runs them away from the repository.
 """
 
-collect_ignore_glob = ["*.ipynb"]
+collect_ignore_glob = ["*.ipynb", "*/*.ipynb"]

@@ -26,7 +26,7 @@ import types
 from .. import references
 from . import engine, part1_foundations, part2_relative, part3_rope, part4_mla, part5_extrapolation, part6_lab, variants
 from .engine import (DEFAULT_TIME_LIMIT, CallTimeout, Case, Catalogue, CheckFailed, Difference, Mistake,
-                     call_quietly, call_student, call_with_time_limit, check_function, check_raises, compare, diagnose)
+                     call_quietly, call_student, call_with_time_limit, check_function, check_raises, compare)
 from .part1_foundations import (DOT_PRODUCT_MISTAKES, SELF_ATTENTION_MISTAKES, SHIFT_MATRIX_MISTAKES,
                                 SINUSOIDAL_MISTAKES, check_permutation_detector, check_position_dot_product,
                                 check_self_attention, check_shift_matrix, check_sinusoidal_encoding)
@@ -50,6 +50,17 @@ from .part6_lab import (FILLER, KEY_DIGITS, NLL_MISTAKES, PASSKEY_DIGITS_MISTAKE
                         check_last_window_nll, check_passkey_digits_correct, check_passkey_sequence,
                         check_perplexity_by_length, lab_model)
 from .variants import ALIBI_GEOMETRIC_MESSAGE, EXPONENT_MESSAGES
+
+STUDENT_PACKAGE = "course_checks"
+"""What the notebooks import their checks from: a student kit's `grader.course_checks`, which replays the visible
+checks from recorded data."""
+
+
+def serve_as_student_package() -> None:
+    """Make ``import course_checks`` give this package, in the course's trusted processes (the grading harness,
+    the tests): there the notebooks' checks are the grader's, hidden cases included."""
+    sys.modules[STUDENT_PACKAGE] = sys.modules[__name__]
+
 
 ASSIGNMENTS: dict[str, types.ModuleType] = {
     module.__name__.rsplit(".", 1)[-1]: module
@@ -82,6 +93,7 @@ in `grader.references`."""
 
 _SOLUTIONS_ROOT = pathlib.Path(importlib.import_module("solutions").__file__).resolve().parent
 _REFERENCES_FILE = pathlib.Path(references.__file__).resolve()
+_COURSE_CHECKS_ROOT = pathlib.Path(__file__).resolve().parent.parent / "course_checks"
 
 
 def _file_of(obj) -> pathlib.Path | None:
@@ -168,7 +180,8 @@ def digest_paths(assignment: str) -> list[pathlib.Path]:
     (what the notebooks import), the assignment's check module and the check modules it uses (the engine, the
     shared variants), `grader.references`, and the `solutions` files that compute its references: the modules
     of its `GRADED_REFERENCES` entries and the `solutions` code its check modules use (directly, or through the
-    `grader.references` functions they call), followed through `solutions`' own modules."""
+    `grader.references` functions they call), followed through `solutions`' own modules; and the shared half of
+    the engine, `grader.course_checks`."""
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"unknown assignment {assignment!r}; the assignments are {sorted(ASSIGNMENTS)}")
     checks = _check_modules(pathlib.Path(ASSIGNMENTS[assignment].__file__).resolve())
@@ -176,7 +189,8 @@ def digest_paths(assignment: str) -> list[pathlib.Path]:
              for entries in ASSIGNMENTS[assignment].GRADED_REFERENCES.values() for entry in entries}
     for path in checks:
         seeds |= _solutions_used(path)
-    paths = {pathlib.Path(__file__).resolve(), _REFERENCES_FILE} | checks | _solutions_closure(seeds)
+    shared = set(_COURSE_CHECKS_ROOT.glob("*.py"))  # the steps and comparisons the checks run (and kits carry)
+    paths = {pathlib.Path(__file__).resolve(), _REFERENCES_FILE} | checks | shared | _solutions_closure(seeds)
     return sorted(p for p in paths if p.is_file())
 
 

@@ -16,8 +16,9 @@ import torch
 import solutions
 
 from .. import references
+from ..course_checks import steps
 from . import engine
-from .engine import Case, Catalogue, CheckFailed, Mistake, call_student, check_function, compare, generator, randn
+from .engine import Case, Catalogue, Mistake, check_function, generator, randn
 from .variants import EXPONENT_MESSAGES, exponent_mistakes, frequencies, interleave, student_frequencies
 
 GRADED_REFERENCES = {
@@ -137,28 +138,9 @@ def check_permutation_detector(student_fn, *, seq=6, dim=8, seed=0, hidden=False
         note = (f"{description} with the identity permutation: nothing moves, so every function passes"
                 if identity else f"{description}: {why}")
         cases.append(Case((f, x, perm), label=f"{description}, x [{seq}, {dim}]", note=note))
-    for number, case in enumerate(cases, start=1):
-        f, x_, perm_ = case.args
-        expected = references.is_permutation_equivariant(f, x_.clone(), perm_.clone())
-        label = f"hidden case {number} of {len(cases)} ({case.label})" if hidden else case.label
-        actual = call_student(student_fn, "is_permutation_equivariant", (f, x_.clone(), perm_.clone()), {}, label,
-                              hidden=hidden)
-        difference = compare(actual, expected, what="the answer")
-        if difference is None:
-            continue
-        if difference.kind == "type":
-            raise CheckFailed(f"is_permutation_equivariant on {label}: {difference.text}")
-        if expected:
-            raise CheckFailed(
-                f"is_permutation_equivariant returned False for {label}, which is permutation-equivariant "
-                f"({case.note}). Compare f(x[perm]) with f(x)[perm] (permute the rows of the output too), with "
-                f"torch.allclose and a small tolerance (floating-point sums in another order differ in the last bits).")
-        raise CheckFailed(
-            f"is_permutation_equivariant returned True for {label}, which is NOT permutation-equivariant "
-            f"({case.note}). Make sure you call f on the permuted input, f(x[perm]), and compare it with the "
-            f"permuted output f(x)[perm].")
-    print(f"\N{CHECK MARK} is_permutation_equivariant: {len(cases)} {'hidden ' if hidden else ''}cases answered "
-          f"correctly")
+    answers = [(case, references.is_permutation_equivariant(case.args[0], case.args[1].clone(), case.args[2].clone()))
+               for case in cases]
+    steps.permutation_check(student_fn, answers, hidden=hidden)
 
 
 # ----------------------------------------------------------------------------------------------------------

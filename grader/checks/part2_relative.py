@@ -15,6 +15,8 @@ import torch
 import solutions
 from solutions.t5 import relative_positions as _relative_positions
 
+from ..course_checks import subjects
+
 from .engine import Case, Catalogue, Mistake, check_function, generator, randn
 from .variants import ALIBI_GEOMETRIC_MESSAGE, pow2_slopes
 
@@ -189,15 +191,6 @@ def _alibi_distance(case):
     return -_relative_positions(q, k)  # i - j
 
 
-def _alibi_large_negative(actual, expected, case) -> bool:
-    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
-        return False
-    masked = torch.isinf(expected)
-    a = actual.detach().to(torch.float64)
-    return bool(masked.any() and torch.isfinite(a[masked]).all() and (a[masked] <= -1e4).all()
-                and torch.allclose(a[~masked], expected[~masked].double(), rtol=1e-5, atol=1e-6))
-
-
 def _student_alibi_bias(slopes, query_length, key_length=None, *, sign=-1, distance="signed", mask="inf",
                         mask_diagonal=False, queries_at_end=True):
     """A student's causal ALiBi bias [heads, q, k]; ``mask`` is "inf", "zero", "big" (-1e9) or None."""
@@ -239,7 +232,7 @@ ALIBI_BIAS_MISTAKES = [
             example=functools.partial(_student_alibi_bias, mask="zero")),
     Mistake("large finite mask", "Future keys hold a large negative number instead of -inf. It works in a softmax, but "
                                  "the causal bias of this course uses float('-inf') exactly.",
-            matches=_alibi_large_negative, example=functools.partial(_student_alibi_bias, mask="big")),
+            matches=subjects.large_negative_instead_of_inf, example=functools.partial(_student_alibi_bias, mask="big")),
     Mistake("diagonal masked", "You masked the diagonal too: a query may attend to itself (j = i, bias 0); only keys "
                                "after the query (j > i) are -inf.",
             candidate=lambda ref, case: (lambda b: torch.where(_alibi_distance(case) == 0,

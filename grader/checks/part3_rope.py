@@ -9,16 +9,15 @@ function written the way a student writes it, proved by ``tests/test_grader_mist
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
 
 import solutions
 
 from .. import references
+from ..course_checks import steps, subjects
 from . import engine
-from .engine import (CallTimeout, Case, Catalogue, CheckFailed, Mistake, _student_location, call_quietly,
-                     check_function, describe, generator, randn, report_pass)
+from .engine import Case, Catalogue, Mistake, check_function, generator, randn, report_pass
 from .variants import exponent_mistakes, frequencies, interleave, rotate_at, student_frequencies
 
 GRADED_REFERENCES = {
@@ -50,14 +49,6 @@ def _inv_freq_candidate(kind, reference, case):
     return frequencies(dim, base, kind).to(torch.float32)
 
 
-def _looks_low_precision(actual, expected, case) -> bool:
-    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
-        return False
-    a = actual.detach().float()
-    near = torch.allclose(a, expected.float(), rtol=2e-2, atol=0)
-    return bool(near and (torch.equal(a.bfloat16().float(), a) or torch.equal(a.half().float(), a)))
-
-
 def _student_inv_freq(dim, base=10000.0, **exponent):
     return student_frequencies(dim, base, **exponent).float()
 
@@ -73,7 +64,7 @@ INV_FREQ_MISTAKES = exponent_mistakes(_inv_freq_candidate,
     Mistake("low precision",
             "Your frequencies are rounded to bfloat16/float16 precision (the precision trap of the RoPE chapter): "
             "compute the exponent and the power in float32 or float64, and cast to float32 at the end.",
-            matches=_looks_low_precision,
+            matches=subjects.low_precision,
             example=lambda dim, base=10000.0: (
                 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.bfloat16) / dim)).float()),
 ]
@@ -357,10 +348,9 @@ def check_rope_kernel(student_launcher, *, shapes=((4, 8), (1, 2), (6, 32)), pos
     """A Triton RoPE kernel that computes its own angles, called as ``student_launcher(x, inv_freq,
     position_offset)`` on ``[seq, dim]`` float32 inputs (dim a power of two) and run by Triton's interpreter on
     the CPU; compared with `solutions.apply_rope` at positions ``position_offset + arange(seq)``."""
-    if importlib.util.find_spec("triton") is None:
-        raise CheckFailed("Triton is not installed in this environment (there is no Triton wheel for macOS or "
-                          "Windows), so the kernel cannot run here. Write it anyway: it is graded on the course "
-                          "machines, or run this notebook on Linux (pip install triton).")
+    steps.require_module("triton", "Triton is not installed in this environment (there is no Triton wheel for macOS "
+                                   "or Windows), so the kernel cannot run here. Write it anyway: it is graded on the "
+                                   "course machines, or run this notebook on Linux (pip install triton).")
     g = generator(seed)
     cases = []
     for seq, dim in shapes:
@@ -377,14 +367,28 @@ def check_rope_kernel(student_launcher, *, shapes=((4, 8), (1, 2), (6, 32)), pos
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _correct_rotations():
+def _correct_rotations(hidden: bool):
+    """The visible check's correct rotations are stand-ins with RoPE's relative property that are not RoPE (a
+    student kit carries them, and must not carry a RoPE); the hidden check's are RoPE in both layouts."""
+    if not hidden:
+        return {
+            "a rotation exp(p A), dims paired by A, seed 1": subjects.Rotation(1),
+            "a rotation exp(p A), dims paired by A, seed 2": subjects.Rotation(2),
+        }
     return {
         "RoPE, half-split, base 10000": lambda x, p: references.rope_rotate_at(x, p),
         "RoPE, interleaved, base 500": lambda x, p: references.rope_rotate_at(x, p, base=500.0, interleaved=True),
     }
 
 
-def _broken_rotations():
+def _broken_rotations(hidden: bool):
+    """Broken rotations by description; the visible check's two are stand-ins built on `_correct_rotations`'."""
+    if not hidden:
+        return {
+            "angles growing with position^2": subjects.Rotation(1, "quadratic"),
+            "a rotation scaled by (1 + 0.1 p)": subjects.Rotation(1, "growing"),
+        }
+
     def quadratic(x, p):  # the angle grows with p^2: rotations, but not of a relative kind
         return references.rope_rotate_at(x, p * p)
 
@@ -408,56 +412,23 @@ def _broken_rotations():
 
 
 def check_relative_property_test(student_test, *, broken=None, hidden=False) -> None:
-    """Grade a test the student wrote: ``student_test(rotate)`` must pass for correct RoPE rotations and raise
-    ``AssertionError`` for each broken one. ``rotate(x, position)`` rotates a ``[..., dim]`` tensor at an
-    integer position. ``broken`` selects (by description) which broken implementations to use.
+    """Grade a test the student wrote: ``student_test(rotate)`` must pass for correct rotations with RoPE's
+    relative property and raise ``AssertionError`` for each broken one. ``rotate(x, position)`` rotates a
+    ``[..., dim]`` tensor at an integer position. ``broken`` selects (by description) which broken
+    implementations to use.
 
-    In a hidden run the student's assertion and exception texts are left out of the messages, as in
-    `call_student`: the rotations it is run on are the grader's."""
-    name = "test_relative_property"
-    if not callable(student_test):
-        raise CheckFailed(f"{name} should be a function, but it is {describe(student_test)}.")
-    limit = engine.DEFAULT_TIME_LIMIT
-    implementations = _broken_rotations()
+    The visible check runs it on stand-ins (`course_checks.subjects.Rotation`: rotations ``exp(p A)`` with the
+    relative property, and two broken variants of them); the hidden check on RoPE and four broken RoPEs."""
+    implementations = _broken_rotations(hidden)
     if broken is not None:
+        unknown = set(broken) - set(implementations)
+        if unknown:
+            raise ValueError(f"unknown broken implementation(s) {sorted(unknown)}; known: {sorted(implementations)}")
         implementations = {k: v for k, v in implementations.items() if k in broken}
-    pool = [(True, d, r) for d, r in _correct_rotations().items()] + [(False, d, r) for d, r in implementations.items()]
-    for correct, description, rotate in engine.draw_cases(pool, 2 * len(pool)):
-        if correct:
-            label = f"a correct implementation ({description})"
-        else:
-            label = (f"hidden broken implementation {list(implementations).index(description) + 1} of "
-                     f"{len(implementations)}" if hidden else f"a broken implementation ({description})")
-        try:
-            call_quietly(student_test, (rotate,), time_limit=limit)
-        except CallTimeout:
-            raise CheckFailed(f"{name} did not finish within {limit:g} s on {label}.") from None
-        except NotImplementedError:
-            raise CheckFailed(f"{name} is not implemented yet: replace the `raise NotImplementedError()` line with "
-                              f"your test.") from None
-        except AssertionError as exc:
-            if not correct:
-                continue
-            said = "" if hidden else f" (Your assertion said: {str(exc)[:200] or 'nothing'})"
-            raise CheckFailed(
-                f"{name} rejected {label}: your test must pass for every correct RoPE. Is the tolerance too tight "
-                f"for float32 (use float64 inputs, or atol around 1e-4)? Do you compare scores at the *same offset* "
-                f"n - m?{said}") from None
-        except Exception as exc:  # noqa: BLE001
-            if correct:
-                said = "" if hidden else f": {str(exc)[:200]}"
-                raise CheckFailed(f"{name} crashed on {label} with {type(exc).__name__}{said}"
-                                  f"{_student_location(exc)}. It should call rotate(x, position) with a tensor x whose "
-                                  f"last dimension is even, and an int position.") from None
-            raise CheckFailed(f"{name} crashed on {label} with {type(exc).__name__}{_student_location(exc)}; it should "
-                              f"fail with an AssertionError (use assert) when the property does not hold.") from None
-        if not correct:
-            raise CheckFailed(
-                f"{name} passed {label}, which does not have the relative property. A strong test compares "
-                f"<rotate(q, m), rotate(k, n)> with <rotate(q, m + t), rotate(k, n + t)> for several m, n and "
-                f"shifts t (including shifts that move both far from 0), on random q and k.")
-    print(f"\N{CHECK MARK} {name}: passes the correct implementations and catches "
-          f"{len(implementations)} {'hidden ' if hidden else ''}broken one{'s' if len(implementations) != 1 else ''}")
+    pool = [(True, d, r) for d, r in _correct_rotations(hidden).items()]
+    pool += [(False, d, r) for d, r in implementations.items()]
+    steps.property_test_check(student_test, engine.draw_cases(pool, 2 * len(pool)), len(implementations),
+                              hidden=hidden)
 
 
 CATALOGUES = [

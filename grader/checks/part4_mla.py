@@ -16,8 +16,8 @@ import torch
 import solutions
 
 from .. import references
-from .engine import (Case, Catalogue, CheckFailed, Mistake, _clone, call_student, case_label, check_function,
-                     compare, generator, randn)
+from ..course_checks import steps
+from .engine import Case, Catalogue, Mistake, check_function, generator, randn
 from .variants import rotate_at
 
 GRADED_REFERENCES = {
@@ -197,18 +197,7 @@ def check_absorbed_latent_scores(student_fn, *, shapes=_MLA_SHAPES, seed=0, hidd
 
 def check_absorbed_equals_naive(naive_fn, absorbed_fn, *, shapes=_MLA_SHAPES, seed=0, hidden=False) -> None:
     """The student's two paths agree with each other, and the absorbed one never builds per-head keys."""
-    cases = _mla_latent_cases(shapes, seed)
-    for number, case in enumerate(cases, start=1):
-        label = case_label(number, len(cases), case.label, hidden=hidden)
-        naive = call_student(naive_fn, "naive_latent_scores", _clone(case.args), {}, label, hidden=hidden)
-        absorbed = call_student(absorbed_fn, "absorbed_latent_scores", _clone(case.args), {}, label, hidden=hidden)
-        difference = compare(absorbed, naive, rtol=1e-4, atol=1e-5, check_dtype=False,
-                             what="absorbed_latent_scores (compared with your naive_latent_scores)",
-                             show_values=not hidden)
-        if difference is not None:
-            raise CheckFailed(f"Your absorbed and naive scores disagree on {label}: {difference.text} Absorption is "
-                              f"only a re-association: q^C . (W^UK c) = (W^UK^T q^C) . c.")
-    print(f"\N{CHECK MARK} absorbed == naive on {len(shapes)} {'hidden ' if hidden else ''}input set(s)")
+    steps.agreement_check(naive_fn, absorbed_fn, _mla_latent_cases(shapes, seed), hidden=hidden)
 
 
 def check_decoupled_rope_scores(student_fn, *, shapes=((3, 5, 4, 4), (1, 6, 2, 8)), seed=0, hidden=False) -> None:

@@ -19,7 +19,7 @@ import solutions
 from solutions.rope_scaling import ntk_aware_base, ntk_by_parts_ramp
 
 from .. import references
-from .engine import Case, Catalogue, CheckFailed, Mistake, check_function, describe, generator, randn, report_pass
+from .engine import Case, Catalogue, Mistake, check_function, generator, randn, report_pass
 from .variants import ALIBI_GEOMETRIC_MESSAGE, pow2_slopes, rotate_at
 
 GRADED_REFERENCES = {
@@ -568,15 +568,11 @@ def _check_scaling_method(student_fn, method: str, cases, *, name: str, mistakes
     """One method's own function, ``student_fn(dim, base, factor, original_max_position_embeddings[, seq_len],
     **options) -> (inv_freq, attention_factor)`` (the signature of the registry's entries), against
     ``solutions.rope_scaling(method, ...)``."""
-    if not callable(student_fn):
-        raise CheckFailed(f"{name} should be a function, but it is {describe(student_fn)}.")
-
-    def without_the_method(method, *args, **kwargs):  # a method's own function does not take its name
-        return student_fn(*args, **kwargs)
-
-    check_function(without_the_method, solutions.rope_scaling, _scaling_method_cases(method, cases), name=name,
+    # The cases' first argument, the method's name, is the registry's (the reference's) alone: a method's own
+    # function does not take it.
+    check_function(student_fn, solutions.rope_scaling, _scaling_method_cases(method, cases), name=name,
                    rtol=1e-5, atol=1e-7, mistakes=mistakes, names=("inv_freq", "attention_factor"), hidden=hidden,
-                   hint=hint)
+                   hint=hint, skip_args=1)
 
 
 def check_linear_scaling(student_fn, *, cases=((16, 10000.0, 4.0, 64), (8, 500.0, 2.5, 128)), hidden=False) -> None:

@@ -23,8 +23,9 @@ from solutions.lab import passkey as _lab_passkey
 from solutions.lab.model import ModelConfig as _LabModelConfig
 from solutions.lab.model import TinyDecoder as _TinyDecoder
 
-from .engine import (Case, Catalogue, CheckFailed, Mistake, _clone, call_quietly, call_student, case_label,
-                     check_function, compare, describe, generator, report_pass)
+from ..course_checks import steps
+from ..course_checks.subjects import StandInLM
+from .engine import Case, Catalogue, Mistake, _clone, check_function, generator
 
 GRADED_REFERENCES = {
     "check_passkey_sequence": ["solutions.lab.passkey:passkey_sequence"],
@@ -55,6 +56,15 @@ def lab_model(encoding: str = "rope", train_length: int = 16, seed: int = 0) -> 
     return model.eval()
 
 
+def _model(encoding: str, seed: int, hidden: bool) -> torch.nn.Module:
+    """The model a check hands to the student's function: a `lab_model` in a hidden check; in a visible one a
+    `course_checks.subjects.StandInLM` (a student kit carries it, and carries nothing of `solutions`), with a
+    16-row learned table for ``"learned"``."""
+    if hidden:
+        return lab_model(encoding, seed=seed)
+    return StandInLM.random(seed, learned_rows=16 if encoding == "learned" else None)
+
+
 def _byte_windows(count: int, size: int, seed: int) -> torch.Tensor:
     """``[count, size]`` int64 random bytes drawn from a small alphabet (so that bigrams repeat)."""
     alphabet = torch.tensor(list(b"abcdefgh ()=:\n"), dtype=torch.long)
@@ -66,72 +76,16 @@ def _byte_windows(count: int, size: int, seed: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _passkey_layout(sequence: bytes, length: int, depth: float, key: str):
-    """What a student's sequence gets wrong, in words, or None if nothing is recognisably wrong."""
-    statement = STATEMENT.format(key=key)
-    filler_length = length + 1 - len(statement) - len(QUESTION) - len(key)
-    if len(sequence) == length:
-        return (f"your sequence has {length} bytes; it needs length + 1 = {length + 1}. The model *reads* the "
-                f"first `length` bytes and is scored on its predictions of the last {len(key)}, which are the "
-                f"key after the question: the answer is part of the sequence.")
-    if len(sequence) != length + 1:
-        return f"your sequence has {len(sequence)} bytes; it needs length + 1 = {length + 1}."
-    text = sequence.decode("ascii", errors="replace")
-    if not text.endswith(QUESTION + key):
-        return (f"your sequence should end with the question and its answer, {QUESTION + key!r}: the model "
-                f"reads up to {QUESTION!r} and is scored on the key's digits after it.")
-    if text.count(statement) != 1:
-        return (f"the key statement {statement!r} should appear exactly once (it appears "
-                f"{text.count(statement)} times).")
-    start, wanted = text.index(statement), round(depth * filler_length)
-    if start != wanted:
-        near = round(depth * (length + 1 - len(statement)))
-        why = (" It looks as if depth was taken as a fraction of the whole sequence; it is a fraction of "
-               "the filler alone." if start == near else "")
-        return (f"the key statement starts at byte {start}, but at depth {depth:g} it belongs at byte "
-                f"round(depth * filler_length) = {wanted}, with filler_length = length + 1 - "
-                f"len(statement) - len(question) - len(key) = {filler_length}.{why}")
-    return None
-
-
 def check_passkey_sequence(student_fn, *, cases=((64, 0.5, "48213", 0), (48, 0.0, "10000", 7),
                                                    (48, 1.0, "99999", 0)), hidden=False) -> None:
     """``passkey_sequence(length, depth, key, filler_offset) -> (sequence, key_start)``, against
     `solutions.lab.passkey.passkey_sequence`; a wrong layout is explained in words."""
     built = [Case((length, depth, key, offset), label=f"length={length}, depth={depth:g}, filler_offset={offset}")
              for length, depth, key, offset in cases]
-    try:
-        check_function(student_fn, _lab_passkey.passkey_sequence, built, name="passkey_sequence",
-                       names=("sequence", "key_start"), hidden=hidden, quiet=True)
-    except CheckFailed:
-        # Say what is wrong with the layout rather than "the bytes differ" where that is recognisable.
-        for number, case in enumerate(built, start=1):
-            try:
-                actual = call_quietly(student_fn, case.args)
-            except BaseException:  # noqa: BLE001 (the failure above already says it)
-                break
-            expected = _lab_passkey.passkey_sequence(*case.args)
-            if not isinstance(actual, tuple) or len(actual) != 2 or not isinstance(actual[0], (bytes, bytearray)):
-                break
-            if bytes(actual[0]) == expected[0] and actual[1] == expected[1]:
-                continue
-            label = case_label(number, len(built), case.label, hidden=hidden)
-            length, depth, key, offset = case.args
-            layout = _passkey_layout(bytes(actual[0]), length, depth, key)
-            if layout is not None:
-                raise CheckFailed(f"passkey_sequence is wrong on {label}:\n  {layout}") from None
-            if bytes(actual[0]) != expected[0]:
-                raise CheckFailed(
-                    f"passkey_sequence is wrong on {label}: the statement and the question are "
-                    f"in the right places but the filler differs. It is FILLER repeated, starting at its "
-                    f"character filler_offset % len(FILLER) = {offset % len(FILLER)}, and cut to the bytes "
-                    f"that the statement, the question and the key leave.") from None
-            raise CheckFailed(
-                f"passkey_sequence is wrong on {label}: the sequence is right but key_start "
-                f"is {actual[1]!r}. It is the index in the sequence of the key's first digit in the statement "
-                f"(not of the statement's first byte, and not of the answer at the end).") from None
-        raise
-    report_pass("passkey_sequence", len(built), hidden)
+    # A wrong layout is said in words (`course_checks.subjects.passkey_layout`) rather than as "the bytes differ".
+    check_function(student_fn, _lab_passkey.passkey_sequence, built, name="passkey_sequence",
+                   names=("sequence", "key_start"), hidden=hidden, explain="passkey_layout",
+                   explain_options=dict(statement=STATEMENT, question=QUESTION, filler=FILLER))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,7 +178,7 @@ def check_last_window_nll(student_fn, *, cases=((32, 16, 4), (16, 16, 3), (40, 8
     built = []
     for number, (length, scored, count) in enumerate(cases):
         windows = _byte_windows(count, 48 + 1, seed + number)
-        model = lab_model("rope", seed=seed + number)
+        model = _model("rope", seed + number, hidden)
         built.append(Case((model, windows, length, scored), label=f"windows [{count}, 49], length={length}, "
                                                                   f"scored={scored}"))
     check_function(student_fn, _lab_evaluate.last_window_nll, built, name="last_window_nll", rtol=1e-4,
@@ -238,26 +192,6 @@ def check_last_window_nll(student_fn, *, cases=((32, 16, 4), (16, 16, 3), (40, 8
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _compare_perplexities(actual, expected, *, hidden: bool):
-    if not isinstance(actual, dict):
-        return f"return a dict {{length: perplexity or None}}, not {describe(actual)}."
-    if sorted(actual, key=str) != sorted(expected, key=str):
-        return f"the dict's keys are {sorted(actual, key=str)}; they should be the lengths, {sorted(expected)}."
-    for length in sorted(expected):
-        mine, ref = actual[length], expected[length]
-        if ref is None and mine is not None:
-            return (f"at length {length} the model cannot run (a learned table raises ValueError past its rows), "
-                    f"so the value is None; you returned {mine!r}.")
-        if ref is not None and mine is None:
-            return f"at length {length} the model runs; you returned None."
-        if ref is not None:
-            difference = compare(mine, ref, rtol=1e-4, atol=1e-5, what=f"the perplexity at length {length}",
-                                 show_values=not hidden)
-            if difference is not None:
-                return difference.text
-    return None
-
-
 def check_perplexity_by_length(student_fn, *, cases=(("rope", (16, 32, 48)), ("learned", (16, 32, 48))), seed=0,
                                hidden=False) -> None:
     """``perplexity_by_length(model, windows, train_length, lengths) -> {length: perplexity or None}``.
@@ -265,28 +199,15 @@ def check_perplexity_by_length(student_fn, *, cases=(("rope", (16, 32, 48)), ("l
     The learned-position model raises ``ValueError`` past its 16 rows: the student records None there (and
     at every longer length) instead of crashing.
     """
+    built = []
     for number, (encoding, lengths) in enumerate(cases, start=1):
-        label = case_label(number, len(cases), f"{encoding} model trained on 16 bytes, lengths {list(lengths)}",
-                           hidden=hidden)
         windows = _byte_windows(3, max(lengths) + 1, seed + number)
-        model = lab_model(encoding, seed=seed + number)
+        model = _model(encoding, seed + number, hidden)
         args = (model, windows, 16, list(lengths))
-        expected = _lab_evaluate.perplexity_by_length(*args)[0]
-        try:
-            actual = call_student(student_fn, "perplexity_by_length", _clone(args), {}, label, hidden=hidden)
-        except CheckFailed as failure:
-            if "raised ValueError" in str(failure) and None in expected.values():
-                raise CheckFailed(f"{failure}\n  The {encoding} model cannot run past its table: catch the "
-                                  f"ValueError and record None for that length and every longer one.") from None
-            raise
-        problem = _compare_perplexities(actual, expected, hidden=hidden)
-        if problem is None:
-            continue
-        as_nll = {length: None if value is None else math.log(value) for length, value in expected.items()}
-        if _compare_perplexities(actual, as_nll, hidden=True) is None:
-            problem = "you returned the mean NLL; the perplexity is exp(NLL)."
-        raise CheckFailed(f"perplexity_by_length is wrong on {label}:\n  {problem}")
-    report_pass("perplexity_by_length", len(cases), hidden)
+        expected = _lab_evaluate.perplexity_by_length(*_clone(args))[0]
+        built.append((Case(args, label=f"{encoding} model trained on 16 bytes, lengths {list(lengths)}"), expected,
+                      encoding))
+    steps.perplexity_check(student_fn, built, hidden=hidden)
 
 
 CATALOGUES = [

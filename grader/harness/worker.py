@@ -41,8 +41,9 @@ from pathlib import Path
 
 sys.modules.setdefault("rfc3987_syntax", None)  # see grader/__main__.py
 
-COURSE_PACKAGES = ("grader", "solutions")
-"""Modules the set-up cell may import from the course: the sandbox gets stand-ins of them, never the code."""
+COURSE_PACKAGES = ("grader", "solutions", "course_checks")
+"""Modules the set-up cell may import from the course: the sandbox gets stand-ins of them, never the code.
+``course_checks``, the student kit's checks, is the grader's own `grader.checks` here."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,9 +145,12 @@ def run_test(grade_id: str, source: str, base: dict, session, sandbox_names: dic
 
 
 def grade(spec: dict) -> dict:
+    from .. import checks
     from ..checks import engine
     from .sandbox import Limits, open_sandbox
     from .session import Session
+
+    checks.serve_as_student_package()
 
     limits = spec.get("limits", {})
     timings = {}
