@@ -170,6 +170,13 @@ def bench_rope(device, dtype, timer: Timer, cases, quick: bool) -> dict:
         _measure(results, "triton rope (ours)", timer, lambda: rope(x, cos, sin, backend=kernel_backend),
                  nbytes=nbytes, ours=True)
         results["triton rope (ours)"]["backend"] = dispatch.last_run("rope").backend
+        # The same rotation from one cos/sin row per token ([batch, seq, half], as M-RoPE and 2-D RoPE build
+        # them): the rows add batch * seq * half * 2 reads that the cache path shares across the batch, not
+        # counted in the GB/s.
+        cos_rows = cos[None].expand(batch, -1, -1).contiguous()  # [batch, seq, head_dim // 2]
+        sin_rows = sin[None].expand(batch, -1, -1).contiguous()
+        _measure(results, "triton rope (ours), per-token cos/sin rows", timer,
+                 lambda: rope(x, cos_rows, sin_rows, backend=kernel_backend), nbytes=nbytes, ours=True)
         _measure(results, "torch eager (rope_reference / apply_rope)", timer, lambda: rope_reference(x, cos, sin),
                  nbytes=nbytes)
         if compiled is not None:
@@ -202,6 +209,8 @@ def bench_rope(device, dtype, timer: Timer, cases, quick: bool) -> dict:
                                                  "triton rope (ours)"),
                 "speedup_vs_torch_compile": _ratio(results, "torch.compile(rope_reference)", "triton rope (ours)"),
                 "speedup_vs_liger": _ratio(results, "liger-kernel rope, q and k", "triton rope (ours), q and k"),
+                "per_token_rows_time_vs_cache": _ratio(results, "triton rope (ours), per-token cos/sin rows",
+                                                       "triton rope (ours)"),
             },
         })
     return {"what": "RoPE forward, half-split, full rotary, positions 0..seq-1; GB/s = (x read + y written) / "

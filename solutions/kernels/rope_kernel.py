@@ -17,6 +17,21 @@ heads) and writes y once is the whole optimisation. The target is the device's c
 
 Backward: a rotation is orthogonal, so the gradient of ``y = R(theta) x`` is ``R(theta)^T dy = R(-theta) dy``:
 the same kernel with ``sin`` negated (the ``BACKWARD`` flag), never a second kernel.
+
+Two forms of cos/sin, one kernel (the ``PER_TOKEN`` flag):
+
+* the *position cache* ``[max_pos, rotary_dim // 2]``: token ``t`` of batch row ``b`` reads row
+  ``t + position_offset[b]``. This is 1-D RoPE: a token's angles are a function of one integer position.
+* *one row per token* ``[batch, seq, rotary_dim // 2]``: token ``(b, t)`` reads row ``[b, t]`` as it is. Multi-axis
+  RoPE needs this. Qwen2-VL's M-RoPE (Wang et al. 2024, arXiv 2409.12191) gives every token three position ids
+  (temporal, height, width), and each group of frequency pairs turns with one of them, so an image token's row
+  mixes ``cos(t * theta_i)``, ``cos(h * theta_j)`` and ``cos(w * theta_k)``; 2-D RoPE for vision transformers
+  (Heo et al., ECCV 2024) does the same with (row, column). Such a row (of an image or video token; a text
+  token's three ids are equal) is not a row of any single position cache, and no ``position_offset`` can
+  address it. The caller builds the rows (``solutions.rope.apply_rope``
+  accepts the same ``[..., seq, rotary_dim // 2]`` tables), and the kernel only changes where it reads them:
+  from ``(b, t)`` and the table's strides instead of from the position. The math, the layouts, the partial
+  rotary and the backward are shared.
 """
 
 from __future__ import annotations
@@ -52,31 +67,38 @@ def _rope_kernel(
     seq_len, num_heads, position_offset,
     stride_xb, stride_xs, stride_xh, stride_xd,
     stride_ob, stride_os, stride_oh, stride_od,
-    stride_cos_pos,
+    stride_cos_batch, stride_cos_row,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr,
     PASS: tl.constexpr, PASS_PAD: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_OFFSETS: tl.constexpr, BACKWARD: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_OFFSETS: tl.constexpr, BACKWARD: tl.constexpr, PER_TOKEN: tl.constexpr,
 ):
-    # One program = one token (b, s) and a block of BLOCK_H heads. The cos/sin row of the token's position is
-    # loaded once and reused by every head of the block: that reuse is why the grid is per token, not per
-    # (token, head).
+    # One program = one token (b, s) and a block of BLOCK_H heads. The token's cos/sin row is loaded once and
+    # reused by every head of the block: that reuse is why the grid is per token, not per (token, head).
     row = tl.program_id(0)
     head_block = tl.program_id(1)
     # int64 before multiplying by strides: batch * seq * heads * dim overflows int32 past 2^31 - 1 elements.
     b = (row // seq_len).to(tl.int64)
     s = (row % seq_len).to(tl.int64)
-    if HAS_OFFSETS:
-        pos = s + tl.load(OFFSETS + b).to(tl.int64)  # per-row KV-cache offset (decode, ragged batches)
+    if PER_TOKEN:
+        # cos/sin [batch, seq, HALF]: the token's own row (M-RoPE, 2-D RoPE), wherever the strides put it
+        # (stride_cos_batch is 0 for a table .expand()ed over the batch).
+        row_start = b * stride_cos_batch + s * stride_cos_row
     else:
-        pos = s + position_offset
+        # cos/sin [max_pos, HALF]: the row of the token's position (stride_cos_batch is unused)
+        if HAS_OFFSETS:
+            pos = s + tl.load(OFFSETS + b).to(tl.int64)  # per-row KV-cache offset (decode, ragged batches)
+        else:
+            pos = s + position_offset
+        row_start = pos * stride_cos_row
 
     pair = tl.arange(0, HALF_PAD)
     pair_ok = pair < HALF  # HALF need not be a power of two: pad the block and mask
     # Math in fp32 whatever the storage dtype: bf16 has 8 mantissa bits, and rounding cos/sin or the products
     # to it before the sum would add an error at every position (the RoPE chapter's precision section).
-    cos = tl.load(COS + pos * stride_cos_pos + pair, mask=pair_ok, other=0.0).to(tl.float32)
-    sin = tl.load(SIN + pos * stride_cos_pos + pair, mask=pair_ok, other=0.0).to(tl.float32)
+    # The pairs are contiguous within a row (the launcher guarantees unit stride): [HALF_PAD] each.
+    cos = tl.load(COS + row_start + pair, mask=pair_ok, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + row_start + pair, mask=pair_ok, other=0.0).to(tl.float32)
     if BACKWARD:
         sin = -sin  # R(theta)^T = R(-theta): the gradient is the inverse rotation
 
@@ -106,8 +128,11 @@ def _rope_kernel(
 
 def _launch(x: torch.Tensor, cos, sin, offsets, offset_int: int, interleaved: bool, backward: bool,
             run: dispatch.KernelRun) -> torch.Tensor:
+    # x: [batch, seq, heads, head_dim]; cos/sin: [max_pos, half] (a position cache) or [batch, seq, half] (one
+    # row per token), with unit stride along the pairs and the same strides for cos and sin (`_table_operands`).
     batch, seq, heads, head_dim = x.shape
-    half = cos.shape[1]
+    per_token = cos.dim() == 3
+    half = cos.shape[-1]
     out = torch.empty((batch, seq, heads, head_dim), dtype=x.dtype, device=x.device)
     half_pad = triton.next_power_of_2(half)
     pass_dims = head_dim - 2 * half
@@ -120,11 +145,11 @@ def _launch(x: torch.Tensor, cos, sin, offsets, offset_int: int, interleaved: bo
         x, out, cos, sin, offsets if offsets is not None else cos,  # the pointer is unused without offsets
         seq, heads, offset_int,
         *x.stride(), *out.stride(),
-        cos.stride(0),
+        cos.stride(0) if per_token else 0, cos.stride(-2),  # (batch, row) strides; no batch stride for a cache
         HALF=half, HALF_PAD=half_pad,
         PASS=pass_dims, PASS_PAD=triton.next_power_of_2(max(pass_dims, 1)),
         BLOCK_H=block_h,
-        INTERLEAVED=interleaved, HAS_OFFSETS=offsets is not None, BACKWARD=backward,
+        INTERLEAVED=interleaved, HAS_OFFSETS=offsets is not None, BACKWARD=backward, PER_TOKEN=per_token,
         num_warps=4,
     )
     return out
@@ -147,8 +172,21 @@ class _RopeFunction(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
+def _table_operands(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin as the kernel reads them: unit stride along the pairs, one set of strides for both.
+
+    The 2-D cache is made contiguous, as it always was. A per-token table keeps its [batch, seq] strides when it
+    can, so a table ``.expand()``ed over the batch (stride 0) or a slice of a larger one is read without a copy.
+    """
+    if cos.dim() == 2:
+        return cos.contiguous(), sin.contiguous()
+    if cos.shape[-1] > 1 and (cos.stride(-1) != 1 or sin.stride(-1) != 1) or cos.stride() != sin.stride():
+        return cos.contiguous(), sin.contiguous()  # [batch, seq, half], row-major
+    return cos, sin
+
+
 def _check(x, cos, sin, position_offset):
-    """Every ValueError before any launch; returns (offsets tensor or None, int offset, max offset)."""
+    """Every ValueError before any launch; returns (offsets tensor or None, int offset)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [batch, seq, heads, head_dim]; got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -157,20 +195,34 @@ def _check(x, cos, sin, position_offset):
     if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor) or cos.shape != sin.shape:
         raise ValueError(f"cos and sin must be tensors of the same shape; got "
                          f"{getattr(cos, 'shape', cos)} and {getattr(sin, 'shape', sin)}")
-    if cos.dim() != 2:
+    if cos.dim() not in (2, 3):
         raise ValueError(f"cos/sin must be the 2-D cache [max_pos, rotary_dim // 2] (rows are positions; "
-                         f"`rope` gathers the rows itself); got shape {tuple(cos.shape)}")
+                         f"`rope` gathers the rows itself) or 3-D rows per token [batch, seq, rotary_dim // 2]; "
+                         f"got shape {tuple(cos.shape)}")
     if not (cos.dtype.is_floating_point and sin.dtype.is_floating_point):
         raise ValueError(f"cos/sin must be floating point; got {cos.dtype} and {sin.dtype}")
     if cos.requires_grad or sin.requires_grad:
         raise ValueError("rope does not differentiate with respect to cos/sin; pass cos.detach(), sin.detach()")
     batch, seq, _, head_dim = x.shape
-    max_pos, half = cos.shape
+    half = cos.shape[-1]
     if half < 1 or 2 * half > head_dim:
+        form = "[batch, seq, rotary_dim // 2]" if cos.dim() == 3 else "[max_pos, rotary_dim // 2]"
         raise ValueError(f"cos/sin cover rotary_dim = 2 * {half} = {2 * half} dims, but head_dim is {head_dim}: "
-                         f"cos must be [max_pos, rotary_dim // 2] with 0 < rotary_dim <= head_dim")
+                         f"cos must be {form} with 0 < rotary_dim <= head_dim")
     if cos.device != x.device or sin.device != x.device:
         raise ValueError(f"x, cos and sin must be on one device; got {x.device}, {cos.device}, {sin.device}")
+    if cos.dim() == 3:  # one row per token: no positions to offset, the rows must match x's tokens
+        if tuple(cos.shape[:2]) != (batch, seq):
+            raise ValueError(f"a 3-D cos/sin holds one row per token and must be [batch, seq, rotary_dim // 2] = "
+                             f"[{batch}, {seq}, {half}] for x of shape {tuple(x.shape)}; got {tuple(cos.shape)} "
+                             f"(a position cache is 2-D [max_pos, rotary_dim // 2]; a table shared by the batch "
+                             f"can be .expand(batch, -1, -1)ed without a copy)")
+        if isinstance(position_offset, bool) or not isinstance(position_offset, int) or position_offset != 0:
+            raise ValueError(f"position_offset indexes the rows of a 2-D position cache; with a 3-D table of "
+                             f"per-token rows it must be left at 0 (build the rows at the positions you want); "
+                             f"got {position_offset!r}")
+        return None, 0
+    max_pos = cos.shape[0]
     if isinstance(position_offset, torch.Tensor):
         if position_offset.dtype.is_floating_point or position_offset.dtype == torch.bool \
                 or position_offset.is_complex():
@@ -198,11 +250,15 @@ def _check(x, cos, sin, position_offset):
 
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
                    position_offset=0) -> torch.Tensor:
-    """The torch oracle for `rope`: gather each token's cos/sin row and call `solutions.rope.apply_rope`.
+    """The torch oracle for `rope`: each token's cos/sin row through `solutions.rope.apply_rope`.
 
-    Same arguments as `rope`. Differentiable by autograd (it is plain torch).
+    Same arguments as `rope`: the rows are gathered from a 2-D position cache, or a 3-D table of per-token rows
+    is used as it is. Differentiable by autograd (it is plain torch).
     """
     offsets, offset_int = _check(x, cos, sin, position_offset)
+    if cos.dim() == 3:
+        # [batch, seq, 1, half] broadcasts over the heads of x [batch, seq, heads, head_dim].
+        return apply_rope(x, cos[:, :, None], sin[:, :, None], interleaved)
     batch, seq = x.shape[:2]
     positions = torch.arange(seq, device=x.device)[None, :] + (offsets[:, None] if offsets is not None
                                                                else offset_int)
@@ -218,12 +274,25 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: 
     * ``x``: ``[batch, seq, heads, head_dim]``, float32/float16/bfloat16, any strides (a slice of a fused
       QKV projection works without a copy). The result is a new contiguous tensor of ``x``'s dtype; the
       math is done in fp32.
-    * ``cos``, ``sin``: the cache ``[max_pos, rotary_dim // 2]`` of `solutions.rope.rope_cos_sin`. Any
-      `solutions.rope_scaling.rope_scaling` method works by building its cache:
-      ``rope_cos_sin(*rope_scaling(method, ...))`` with positions ``max_pos``.
+    * ``cos``, ``sin`` (the same shape, floating point, on ``x``'s device, not requiring grad), one of:
+
+      - the position cache ``[max_pos, rotary_dim // 2]`` of `solutions.rope.rope_cos_sin`: token ``t`` of
+        row ``b`` uses cache row ``t + position_offset[b]``. Any `solutions.rope_scaling.rope_scaling` method
+        works by building its cache: ``rope_cos_sin(*rope_scaling(method, ...))`` with positions ``max_pos``.
+      - one row per token ``[batch, seq, rotary_dim // 2]`` (``batch`` and ``seq`` those of ``x``): token
+        ``(b, t)`` uses row ``[b, t]`` as it is. This is for multi-axis RoPE, whose rows are not rows of one
+        position cache: M-RoPE (Qwen2-VL), where each group of frequency pairs turns with the token's
+        temporal, height or width id, and 2-D RoPE for vision transformers (row and column). Build the
+        rows as for `solutions.rope.apply_rope`; ``position_offset`` must then be 0 (a table shared by the
+        batch can be ``.expand(batch, -1, -1)``: the kernel reads it through its strides, without a copy;
+        one ``[seq, rotary_dim // 2]`` table for every sequence, such as a ViT's 2-D table over a fixed patch
+        grid, is already a position cache indexed by token and can be passed 2-D). Gathering rows from a
+        cache, ``cos[positions]`` with ``positions`` ``[batch, seq]``, gives the same result as passing the
+        cache with those positions.
     * ``position_offset``: an int, or a ``[batch]`` integer tensor; token ``t`` of row ``b`` uses row
       ``t + offset[b]`` of the cache (decoding with a KV cache, ragged batches). Positions past the cache
-      raise ``ValueError`` before any launch (a tensor offset costs one device sync for that check).
+      raise ``ValueError`` before any launch (a tensor offset costs one device sync for that check). Only 0
+      with per-token rows.
     * ``interleaved``: ``False`` pairs dim i with i + rotary_dim/2 (GPT-NeoX/Llama), ``True`` pairs 2i with
       2i+1 (GPT-J/Meta). ``rotary_dim < head_dim`` rotates the first ``rotary_dim`` dims and copies the rest.
     * ``backend``: see `solutions.kernels.dispatch`; `solutions.kernels.last_run` says which path ran.
@@ -237,4 +306,5 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: 
         return rope_reference(x, cos, sin, interleaved=interleaved, position_offset=position_offset)
     if x.numel() == 0:
         return x.clone()
-    return _RopeFunction.apply(x, cos.contiguous(), sin.contiguous(), offsets, offset_int, bool(interleaved), run)
+    cos, sin = _table_operands(cos, sin)  # [max_pos, half] contiguous, or [batch, seq, half] with unit pair stride
+    return _RopeFunction.apply(x, cos, sin, offsets, offset_int, bool(interleaved), run)
