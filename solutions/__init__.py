@@ -7,12 +7,16 @@ names below are a stable API (see DESIGN.md); each submodule holds one idea:
 * `t5`, `transformer_xl`, `alibi`: relative encodings and biases;
 * `rope`, `rope_scaling`: rotary embeddings and every way of stretching them;
 * `mla`: DeepSeek's Multi-head Latent Attention with decoupled RoPE;
+* `mrope`, `rope2d`, `long_context`: positions for images and video (Qwen2-VL's M-RoPE and Qwen3-VL's
+  interleaved layout, axial and mixed 2-D RoPE for vision transformers) and today's long-context layer designs
+  (Llama 4's NoPE-layer temperature, Gemma 3's local/global bases);
 * `attention`: the plain attention every other piece plugs into.
 """
 
 from .alibi import alibi_bias, alibi_slopes, ntk_alibi_slopes
 from .attention import causal_mask, reference_attention
 from .learned import LearnedPositionalEmbedding
+from .long_context import gemma3_layer_bases, llama4_attention_scale, llama4_rope_layers
 from .mla import (
     MLACache,
     MLAConfig,
@@ -20,12 +24,20 @@ from .mla import (
     kv_cache_elements_per_token,
     rope_absorbed_score_matrix,
 )
+from .mrope import mrope_cos_sin, mrope_pair_axes, mrope_position_ids
 from .rope import (
     apply_rope,
     permute_qk_weight_to_half_split,
     permute_qk_weight_to_interleaved,
     rope_cos_sin,
     rope_inv_freq,
+)
+from .rope2d import (
+    axial_rope_freqs,
+    mixed_rope_cos_sin,
+    mixed_rope_freqs,
+    rope2d_cos_sin,
+    rope2d_positions,
 )
 from .rope_scaling import (
     ROPE_SCALING_METHODS,
@@ -57,6 +69,17 @@ __all__ = [
     "MultiHeadLatentAttention",
     "kv_cache_elements_per_token",
     "rope_absorbed_score_matrix",
+    "gemma3_layer_bases",
+    "llama4_attention_scale",
+    "llama4_rope_layers",
+    "mrope_cos_sin",
+    "mrope_pair_axes",
+    "mrope_position_ids",
+    "axial_rope_freqs",
+    "mixed_rope_cos_sin",
+    "mixed_rope_freqs",
+    "rope2d_cos_sin",
+    "rope2d_positions",
     "apply_rope",
     "permute_qk_weight_to_half_split",
     "permute_qk_weight_to_interleaved",
