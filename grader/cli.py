@@ -3,6 +3,8 @@
     python -m grader generate  [ASSIGNMENT ...]                       student versions into release/
     python -m grader generate  --book [ASSIGNMENT ...]                the book's copies, book/exercises/*.ipynb
     python -m grader autograde [ASSIGNMENT ...] [--submissions PATH]  grade a class, each submission sandboxed
+                               [--workers N | --scheduler ADDRESS]    (N at a time, or on a Dask cluster)
+    python -m grader bench     [--students K] [--workers N]           measure grading throughput
     python -m grader feedback  [ASSIGNMENT ...]                       feedback HTML into feedback/
     python -m grader export    [--to grades.csv]                      grades CSV (+ grading_report.csv)
     python -m grader status                                           what has been graded, and how
@@ -20,6 +22,19 @@ from . import autograde as autograde_step
 from . import generate as generate_step
 from . import report
 from .course import Course
+from .parallel import default_workers
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of workers, 1 or more (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: one worker grades one submission at a time "
+                                         f"(got {value})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     autograde = commands.add_parser("autograde", parents=[common], help="grade submitted/ (or a folder of submissions)",
                                     description="Grade every submission in submitted/<student>/<assignment>/, each in "
-                                                "its own process. Unchanged, already graded submissions are skipped.")
+                                                "its own process and sandbox, several at a time (--workers) or on a "
+                                                "Dask cluster (--scheduler). Unchanged, already graded submissions "
+                                                "are skipped.")
     autograde.add_argument("assignments", nargs="*", help="default: every assignment")
     autograde.add_argument("--submissions", metavar="PATH",
                            help="first import PATH: nbgrader's <student>/<assignment>/ layout, or a flat folder of "
@@ -60,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     autograde.add_argument("--no-sandbox", action="store_true",
                            help="run student code without the sandbox (where bubblewrap cannot run, e.g. macOS); "
                                 "only for code you trust: the report marks every grade made so")
+    where = autograde.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=worker_count, default=None, metavar="N",
+                           help="submissions graded at the same time, each in its own process and sandbox "
+                                f"(default: the number of cores, here {default_workers()})")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                           help="grade on a Dask cluster instead: the address of its scheduler, e.g. "
+                                "tcp://10.0.0.5:8786 (its workers need this checkout, its virtualenv and bubblewrap; "
+                                "see grader/README.md). This process still records every grade")
     autograde.set_defaults(run=autograde_step.cmd_autograde)
 
     feedback = commands.add_parser("feedback", parents=[common], help="write feedback HTML into feedback/")
