@@ -342,6 +342,7 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
     if not todo:
         say("nothing to grade: no submissions found in " + str(course.root / "submitted"))
         return 0
+    pool.start()
     if isinstance(pool, LocalPool):
         say(f"grading {len(todo)} submission(s) with {pool.workers} worker(s)")
     else:

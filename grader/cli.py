@@ -19,22 +19,27 @@ from __future__ import annotations
 import argparse
 
 from . import autograde as autograde_step
+from . import bench as bench_step
 from . import generate as generate_step
 from . import report
 from .course import Course
 from .parallel import default_workers
 
 
-def worker_count(text: str) -> int:
-    """``--workers``: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of workers, 1 or more (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: one worker grades one submission at a time "
-                                         f"(got {value})")
-    return value
+def whole_number(what: str, why: str):
+    """An argparse type: a whole number of ``what``, 1 or more (``why`` says why 0 makes no sense)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number of {what}, 1 or more (got {text!r})") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be 1 or more: {why} (got {value})")
+        return value
+    return parse
+
+
+worker_count = whole_number("workers", "one worker grades one submission at a time")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 "tcp://10.0.0.5:8786 (its workers need this checkout, its virtualenv and bubblewrap; "
                                 "see grader/README.md). This process still records every grade")
     autograde.set_defaults(run=autograde_step.cmd_autograde)
+
+    bench = commands.add_parser("bench", help="measure grading throughput, one worker against --workers N",
+                                description="Grade a class of honest submissions (the source solutions) in a "
+                                            "temporary copy of the course, with one worker and with --workers N, "
+                                            "and print both throughputs, their ratio, the cores, the load average "
+                                            "and where a submission's seconds go. Exit status 1 if any submission "
+                                            "misses full marks or the two runs' grades differ.")
+    bench.add_argument("assignments", nargs="*", help="default: every assignment")
+    bench.add_argument("--course-dir", default=None,
+                       help="the course to copy (default: the grader/ folder of this checkout); it is not written")
+    bench.add_argument("--students", type=whole_number("students", "the class needs a student"), default=4,
+                       help="students in the class, each handing in every assignment (default 4)")
+    bench.add_argument("--workers", type=worker_count, default=None, metavar="N",
+                       help=f"workers of the parallel run (default: the number of cores, here {default_workers()})")
+    bench.add_argument("--json", metavar="PATH", help="also write the figures and every submission's timings here")
+    bench.add_argument("--keep", action="store_true", help="keep the temporary course copies (their ledgers, logs)")
+    bench.set_defaults(run=bench_step.cmd_bench, db=None)
 
     feedback = commands.add_parser("feedback", parents=[common], help="write feedback HTML into feedback/")
     feedback.add_argument("assignments", nargs="*", help="default: every assignment")

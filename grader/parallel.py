@@ -76,6 +76,10 @@ class LocalPool:
         self.server = ForkServer(log_file)
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harness")
 
+    def start(self) -> None:
+        """Start the fork server now: it imports while this process stages the first submissions."""
+        self.server.start()
+
     def capacity(self) -> int:
         """How many jobs to keep submitted: one waiting per worker, so none idles while results are recorded."""
         return 2 * self.workers
@@ -221,6 +225,9 @@ class DaskPool:
             self.client.close()
             raise SchedulerError("these Dask workers cannot grade:\n  " + "\n  ".join(problems))
         self.workers = len(checks)
+
+    def start(self) -> None:
+        """Nothing to start: each Dask worker starts its own fork server on its first task."""
 
     def capacity(self) -> int:
         """Jobs to keep submitted: two per worker thread of the cluster as it is now (workers may join)."""

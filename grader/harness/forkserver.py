@@ -193,6 +193,16 @@ def serve(channel: socket.socket) -> None:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+        deadline = time.monotonic() + 2.0
+        while children and time.monotonic() < deadline:  # reap them: no zombie is left behind
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                children.pop(pid, None)
+            else:
+                time.sleep(0.01)
 
 
 def main(argv: list[str]) -> int:
@@ -336,6 +346,8 @@ class ForkServer:
             self._closed = True
             channel, proc = self._channel, self._proc
             self._channel = None
+        if proc is not None and not self._ready.is_set():
+            proc.kill()  # still importing, nothing forked yet: a batch whose submissions were all skipped
         if channel is not None:
             try:
                 channel.shutdown(socket.SHUT_RDWR)
