@@ -343,10 +343,7 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
         say("nothing to grade: no submissions found in " + str(course.root / "submitted"))
         return 0
     pool.start()
-    if isinstance(pool, LocalPool):
-        say(f"grading {len(todo)} submission(s) with {pool.workers} worker(s)")
-    else:
-        say(f"grading {len(todo)} submission(s) on the Dask cluster at {pool.address} ({pool.workers} worker(s))")
+    say(f"grading {len(todo)} submission(s) {pool.describe()}")
     ledger = course.read_ledger()
     outcomes: dict[int, Outcome] = {}
     prepared: dict[str, Assignment] = {}
@@ -415,7 +412,8 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
             submission = stage_submission(course, prepared[assignment], number, student, digest,
                                           assignment_digests[assignment])
         except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
-            conclude(number, Outcome(assignment, student, "failed", reason=f"grader error: {type(exc).__name__}: {exc}"))
+            reason = f"grader error: {type(exc).__name__}: {exc}"
+            conclude(number, Outcome(assignment, student, "failed", reason=reason))
             continue
         if submission.withhold:  # not run: recorded as zero at once
             finish(number, submission, None)
@@ -426,10 +424,10 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
         pool.submit(harness_job(submission, args), done)
     while running:
         record_next()
-    return summarise([outcomes[n] for n in sorted(outcomes)], time.monotonic() - batch_started)
+    return summarise([outcomes[n] for n in sorted(outcomes)], time.monotonic() - batch_started, pool.describe())
 
 
-def summarise(outcomes: list[Outcome], elapsed: float) -> int:
+def summarise(outcomes: list[Outcome], elapsed: float, where: str = "") -> int:
     done = [o for o in outcomes if o.status != "skipped"]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("graded", "zeroed", "failed", "skipped")}
     say("")
@@ -439,7 +437,7 @@ def summarise(outcomes: list[Outcome], elapsed: float) -> int:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         rate = 60 * len(done) / max(elapsed, 1e-9)
         say(f"  {len(done)} graded in {elapsed:.0f} s: {rate:.1f} submissions per minute "
-            f"({os.cpu_count()} cores, load average {load:.1f})")
+            f"({where + ', ' if where else ''}{os.cpu_count()} cores here, load average {load:.1f})")
     for o in outcomes:
         if o.status in ("zeroed", "failed"):
             say(f"  {o.status:7} {o.assignment}/{o.student}: {o.reason}")

@@ -94,7 +94,8 @@ def breakdown(run: dict) -> list[str]:
         values = [part(t) for t in timings]
         lines.append(f"    {name:32} {statistics.mean(values):6.2f} s / {statistics.median(values):5.2f} s")
     total = [entry["seconds"] for entry in run["ledger"].values() if entry.get("status") == "graded"]
-    lines.append(f"    {'total (staging to recorded)':32} {statistics.mean(total):6.2f} s / {statistics.median(total):5.2f} s")
+    lines.append(f"    {'total (staging to recorded)':32} {statistics.mean(total):6.2f} s / "
+                 f"{statistics.median(total):5.2f} s")
     return lines
 
 

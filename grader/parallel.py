@@ -76,6 +76,9 @@ class LocalPool:
         self.server = ForkServer(log_file)
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harness")
 
+    def describe(self) -> str:
+        return f"with {self.workers} worker(s)"
+
     def start(self) -> None:
         """Start the fork server now: it imports while this process stages the first submissions."""
         self.server.start()
@@ -135,8 +138,14 @@ def _worker_server() -> ForkServer:
         if _WORKER_SERVER is None:
             log = Path(tempfile.gettempdir()) / f"grader-forkserver-{os.getpid()}.log"
             _WORKER_SERVER = ForkServer(log)
-            atexit.register(_WORKER_SERVER.close)
+            atexit.register(_close_worker_server, _WORKER_SERVER, log)
         return _WORKER_SERVER
+
+
+def _close_worker_server(server: ForkServer, log: Path) -> None:
+    server.close()
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()  # nothing went wrong: leave no file behind
 
 
 def _where() -> str:
@@ -226,6 +235,9 @@ class DaskPool:
             raise SchedulerError("these Dask workers cannot grade:\n  " + "\n  ".join(problems))
         self.workers = len(checks)
 
+    def describe(self) -> str:
+        return f"on the Dask cluster at {self.address} ({self.workers} worker(s))"
+
     def start(self) -> None:
         """Nothing to start: each Dask worker starts its own fork server on its first task."""
 
@@ -241,7 +253,8 @@ class DaskPool:
             try:
                 answer = future.result()
             except Exception as exc:  # noqa: BLE001 (a lost worker, a cancelled task: recorded as failed)
-                return Ran(job, {}, f"the Dask task failed: {type(exc).__name__}: {str(exc)[:300]}", 0.0)
+                first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+                return Ran(job, {}, f"the Dask task failed: {type(exc).__name__}: {first_line}", 0.0)
             if answer.get("log"):
                 job.run_dir.mkdir(parents=True, exist_ok=True)
                 (job.run_dir / "worker.log").write_text(answer["log"])

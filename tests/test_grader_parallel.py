@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from grader.cli import build_parser
-from grader.parallel import Job, LocalPool, SchedulerError, connect, default_workers
+from grader.parallel import Job, LocalPool, SchedulerError, connect, default_workers, grade_on_dask_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,10 +89,11 @@ def test_a_hanging_a_crashing_and_a_bloated_harness_leave_the_others_graded(pool
 def test_each_submission_gets_a_fresh_process_forked_from_the_pre_imported_server(pool, tmp_path):
     """What one submission's harness changes (a module of the checks) is not in the next one's: each is a new
     child of the server, not a reused worker; and the modules the checks need are already imported."""
+    REPORT = "print(os.getpid(), 'torch.fx.experimental.symbolic_shapes' in sys.modules)"  # preloaded only
     meddling = spec(setup="import os, sys, grader.checks.engine as engine\nengine.LEFT_BEHIND = os.getpid()",
-                    tests=["print(os.getpid(), 'torch.fx.experimental.symbolic_shapes' in sys.modules)"])
+                    tests=[REPORT])
     looking = spec(setup="import os, sys, grader.checks.engine as engine",
-                   tests=["print(os.getpid(), 'torch.fx.experimental.symbolic_shapes' in sys.modules)", "assert not hasattr(engine, 'LEFT_BEHIND')"])
+                   tests=[REPORT, "assert not hasattr(engine, 'LEFT_BEHIND')"])
     first = run_all(pool, [job(tmp_path, 1, meddling)])[1]
     second = run_all(pool, [job(tmp_path, 2, looking)])[2]
     assert first.failure == second.failure == ""
@@ -186,3 +187,8 @@ def test_without_distributed_the_scheduler_option_says_what_to_install(monkeypat
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(SchedulerError, match=r"needs Dask's distributed package.*pip install 'dask\[distributed\]'"):
         connect("tcp://127.0.0.1:8786")
+
+
+def test_a_dask_worker_with_other_grading_code_refuses_to_grade():
+    answer = grade_on_dask_worker(HONEST, 1024, 60, expected_digest="the grader's checkout")
+    assert answer["result"] == {} and "has other grading code" in answer["failure"]
