@@ -352,13 +352,15 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
     batch_started = time.monotonic()
     width = len(str(len(todo)))
 
-    def conclude(number: int, outcome: Outcome, submission: Submission | None = None, where: str = "") -> None:
+    def conclude(number: int, outcome: Outcome, digests: tuple[str, str] | None = None, where: str = "") -> None:
+        """Print the submission's line and, unless it was skipped, put it in the ledger (``digests``: of its
+        files and of its assignment)."""
         assignment, student = todo[number - 1]
         outcomes[number] = outcome
-        if submission is not None:
+        if digests is not None:
             entry = dict(status=outcome.status, score=outcome.score, max_score=outcome.max_score,
-                         reason=outcome.reason, notes=outcome.notes, digest=submission.digest,
-                         assignment_digest=submission.assignment_digest, seconds=round(outcome.seconds, 2),
+                         reason=outcome.reason, notes=outcome.notes, digest=digests[0],
+                         assignment_digest=digests[1], seconds=round(outcome.seconds, 2),
                          timings=outcome.timings, sandbox=not args.no_sandbox,
                          graded_at=time.strftime("%Y-%m-%d %H:%M:%S"))
             if where:
@@ -385,7 +387,7 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
             outcome = Outcome(submission.assignment, submission.student, "failed",
                               reason=f"grader error: {type(exc).__name__}: {exc}")
-        conclude(number, outcome, submission, ran.where if ran else "")
+        conclude(number, outcome, (submission.digest, submission.assignment_digest), ran.where if ran else "")
 
     def record_next() -> None:
         ran = done.get()()
@@ -413,7 +415,8 @@ def grade_batch(course: Course, args, pool, known: list[str]) -> int:
                                           assignment_digests[assignment])
         except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
             reason = f"grader error: {type(exc).__name__}: {exc}"
-            conclude(number, Outcome(assignment, student, "failed", reason=reason))
+            conclude(number, Outcome(assignment, student, "failed", reason=reason),
+                     (digest, assignment_digests[assignment]))
             continue
         if submission.withhold:  # not run: recorded as zero at once
             finish(number, submission, None)

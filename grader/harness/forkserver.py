@@ -332,7 +332,10 @@ class ForkServer:
 
     def _send(self, message: dict) -> None:
         with self._send_lock:
-            self._channel.sendall(json.dumps(message).encode() + b"\n")
+            channel = self._channel
+            if channel is None:
+                raise ConnectionError("the fork server was closed")
+            channel.sendall(json.dumps(message).encode() + b"\n")
 
     def _log_tail(self) -> str:
         if self.log_file is None or not self.log_file.is_file():
