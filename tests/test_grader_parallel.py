@@ -53,6 +53,13 @@ def run_all(pool, jobs):
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
+    """Three local workers, for the tests whose specs run cells in a sandbox."""
+    from grader.harness.sandbox import SandboxUnavailable, open_sandbox
+
+    try:
+        open_sandbox().release()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"no sandbox on this machine: {exc}")
     pool = LocalPool(3, tmp_path_factory.mktemp("forkserver") / "forkserver.log")
     yield pool
     pool.close()
@@ -125,24 +132,47 @@ def test_concurrent_sandboxes_get_distinct_uids(pool, tmp_path):
     assert len(uids) == 3 and all(uid >= 61000 for uid in uids), seen
 
 
-def test_the_server_ends_with_its_pool_and_takes_running_children_with_it(tmp_path):
-    pool = LocalPool(1, tmp_path / "forkserver.log")
-    pid_file = tmp_path / "child.pid"
+def test_a_dead_server_fails_its_running_job_and_is_restarted_and_a_closed_one_takes_its_children(tmp_path):
+    """The server killed (as the kernel's OOM killer would): the job it was running fails with the reason, its
+    harness dies with it, and the next job gets a new server. Closing the pool ends the server and the
+    harness it was running."""
     import queue
+    import signal
 
+    pool = LocalPool(1, tmp_path / "forkserver.log")
     done = queue.Queue()
-    pool.submit(job(tmp_path, 1, spec(setup=f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))"
-                                            f"\ntime.sleep(600)")), done)
-    deadline = time.monotonic() + 120
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    child = int(pid_file.read_text())
-    server = pool.server._proc
-    pool.close()
-    assert server.poll() is not None
+
+    def start_hanging(number):
+        pid_file = tmp_path / f"hanging{number}.pid"
+        pool.submit(job(tmp_path, number, spec(
+            setup=f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)")), done)
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return int(pid_file.read_text())
+
+    try:
+        first_child, first_server = start_hanging(1), pool.server._proc
+        os.kill(first_server.pid, signal.SIGKILL)
+        ran = done.get(timeout=30)()
+        assert ran.failure.startswith("the grading process ended without a result (the harness's fork server ended")
+        deadline = time.monotonic() + 5
+        while alive(first_child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(first_child), "the harness outlived its server"
+
+        pool.submit(job(tmp_path, 2, spec(setup="x = 1", tests=["assert x == 1"], sandbox=False)), done)
+        ran = done.get(timeout=300)()
+        assert ran.failure == "" and ran.result["tests"][0]["passed"]
+        assert pool.server._proc is not first_server
+
+        second_child, second_server = start_hanging(3), pool.server._proc
+    finally:
+        pool.close()
+    assert second_server.poll() is not None
     ran = done.get(timeout=30)()
     assert ran.failure.startswith("the grading process ended without a result")
-    assert not alive(child)
+    assert not alive(second_child)
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
