@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 f"(default: the number of cores, here {default_workers()})")
     where.add_argument("--scheduler", metavar="ADDRESS",
                            help="grade on a Dask cluster instead: the address of its scheduler, e.g. "
-                                "tcp://10.0.0.5:8786 (its workers need this checkout, its virtualenv and bubblewrap; "
-                                "see grader/README.md). This process still records every grade")
+                                "tcp://10.0.0.5:8786 (it and its workers need this checkout and its virtualenv, "
+                                "the workers bubblewrap; see grader/README.md). This process still records every "
+                                "grade")
     autograde.set_defaults(run=autograde_step.cmd_autograde)
 
     bench = commands.add_parser("bench", help="measure grading throughput, one worker against --workers N",

@@ -10,7 +10,10 @@ child runs ``grader.harness.worker.main`` on its spec file, as ``python -m grade
 would), with the address-space limit set in the child, its own session (so the whole group is killed at the
 wall-clock limit), and its own sandbox; nothing of one submission's grading is in the next one's child, which
 is forked from the server, not from a sibling. The server itself runs no course code but imports: no set-up
-cell, no check, nothing of a student's.
+cell, no check, nothing of a student's. What a child inherits that a fresh interpreter would draw anew is
+re-drawn in the child (`random` reseeds itself at fork, numpy's global generator is reseeded here), except
+the seed of ``str`` hashing, which all the children of one batch share; the secret order of the checks comes
+from `secrets`, not from hashing.
 
 ``python -m grader.harness.forkserver FD`` is the server; FD is a socket to its client (`ForkServer`), which
 sends one JSON line per request and reads one per event:
