@@ -1,13 +1,16 @@
-"""``python -m grader autograde``: grade a class, one submission at a time, each in its own sandbox.
+"""``python -m grader autograde``: grade a class, each submission in its own harness process and sandbox,
+several at a time (``--workers N``, default: one per core) or on a Dask cluster (``--scheduler ADDRESS``).
 
-For each submission the CLI (this process, the only one that writes the gradebook)
+For each submission the CLI (this process, the only one that writes the gradebook and the ledger)
 
 1. reads and stages it (`grader.intake`): nothing of the student's runs here;
-2. starts `grader.harness.worker` in a process of its own, with a memory limit and a wall-clock limit: the
-   worker runs the student's code in a bubblewrap sandbox and the test cells outside it, and writes its
-   verdicts to a file in the course's state folder, which the sandbox cannot see;
-3. records the verdicts through nbgrader's own autograde pipeline, with `grader.nbgrader_ext.ApplyVerdicts`
-   in place of execution: nbgrader writes ``autograded/`` and the gradebook as usual.
+2. hands the staged cells and tests to a pool (`grader.parallel`), which runs `grader.harness.worker` on them
+   in a process of its own, with a memory limit and a wall-clock limit: the worker runs the student's code in
+   a bubblewrap sandbox and the test cells outside it, and returns its verdicts as data (locally through a
+   file in the course's state folder, which the sandbox cannot see);
+3. records the verdicts, in this process's main thread, as each submission's harness ends, through
+   nbgrader's own autograde pipeline with `grader.nbgrader_ext.ApplyVerdicts` in place of execution: nbgrader
+   writes ``autograded/`` and the gradebook as usual.
 
 A submission that cannot be read, or whose worker fails, still gets a complete grade of zero with the reason,
 and the batch goes on. Unchanged submissions already graded with the same tests, checks, references and
@@ -18,8 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import queue
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ from pathlib import Path
 import nbformat
 
 from . import intake
-from .course import REPO_ROOT, STAGING, Course
+from .course import STAGING, Course
+from .parallel import Job, LocalPool, Ran, default_workers
 
 
 def say(*parts) -> None:
@@ -103,62 +106,6 @@ def load_assignment(course: Course, assignment: str) -> Assignment:
             cells[grade_id] = intake.SourceCell(grade_id, cell.cell_type, cell.source, (), False, None, locked=False,
                                                 metadata=json.loads(json.dumps(cell.metadata)))
     return Assignment(assignment, order, cells, release)
-
-
-# ------------------------------------------------------------------------------------------------- the worker
-
-
-def _memory_limit(megabytes: int):
-    def apply():
-        import resource
-
-        if megabytes:
-            limit = int(megabytes) * 2**20
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except OSError:
-        pass
-    proc.wait()
-
-
-def run_worker(course: Course, staged: intake.Staged, assignment: str, student: str, opts,
-               run_dir: Path) -> tuple[dict, str]:
-    """Run `grader.harness.worker` on a staged submission; ``(result, failure reason or "")``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result_file, log_file, spec_file = run_dir / "result.json", run_dir / "worker.log", run_dir / "spec.json"
-    result_file.unlink(missing_ok=True)
-    limits = dict(memory_mb=opts.memory_mb, budget=opts.submission_timeout, cell_timeout=opts.cell_timeout,
-                  call_timeout=min(30.0, opts.submission_timeout), max_restarts=2)
-    spec = dict(assignment=assignment, student=student, setup=staged.setup, cells=staged.cells, tests=staged.tests,
-                sandbox=not opts.no_sandbox, limits=limits, result_file=str(result_file))
-    spec_file.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + paths)
-    for threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env.setdefault(threads, "1")
-    wall = opts.submission_timeout + 120  # the student's budget, plus the checks' own work and the imports
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "grader.harness.worker", str(spec_file)], cwd=str(run_dir),
-                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_memory_limit(opts.memory_mb + 2048))
-        try:
-            proc.wait(timeout=wall)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return {}, f"grading took longer than {wall:g} s and was stopped"
-    try:
-        result = json.loads(result_file.read_text())
-    except (OSError, ValueError):
-        return {}, f"the grading process ended without a result (exit status {proc.returncode})"
-    if not result.get("ok"):
-        return result, f"the grader failed: {result.get('error', 'unknown error')[:300]}"
-    return result, ""
 
 
 # ------------------------------------------------------------------------------------------------ recording
@@ -237,7 +184,25 @@ def cell_notes(staged: intake.Staged, reports: list[dict], memory_mb: int) -> li
     return notes
 
 
-def grade_submission(course: Course, spec: Assignment, student: str, opts) -> Outcome:
+@dataclass
+class Submission:
+    """One submission between staging and recording: what the harness is given, and what the record needs."""
+
+    number: int
+    assignment: str
+    student: str
+    staged: intake.Staged
+    notes: list[str]
+    withhold: str  # why it is not run (every test then scores 0), or ""
+    run_dir: Path
+    digest: str
+    assignment_digest: str
+    stage_seconds: float
+
+
+def stage_submission(course: Course, spec: Assignment, number: int, student: str, digest: str,
+                     assignment_digest: str) -> Submission:
+    """Read and stage one submission (`grader.intake`: nothing of the student's runs)."""
     started = time.monotonic()
     assignment = spec.name
     folder = course.root / "submitted" / student / assignment
@@ -255,26 +220,46 @@ def grade_submission(course: Course, spec: Assignment, student: str, opts) -> Ou
     notes += staged.notes
     run_dir = course.state_dir / "runs" / assignment / student
     run_dir.mkdir(parents=True, exist_ok=True)
-    result, failure = {}, ""
-    mark = time.monotonic()
-    if not withhold:
-        result, failure = run_worker(course, staged, assignment, student, opts, run_dir)
+    return Submission(number, assignment, student, staged, notes, withhold, run_dir, digest, assignment_digest,
+                      time.monotonic() - started)
+
+
+def harness_job(submission: Submission, opts) -> Job:
+    """The harness's part of a submission, as data: the staged cells and tests, and the limits."""
+    staged = submission.staged
+    limits = dict(memory_mb=opts.memory_mb, budget=opts.submission_timeout, cell_timeout=opts.cell_timeout,
+                  call_timeout=min(30.0, opts.submission_timeout), max_restarts=2)
+    spec = dict(assignment=submission.assignment, student=submission.student, setup=staged.setup,
+                cells=staged.cells, tests=staged.tests, sandbox=not opts.no_sandbox, limits=limits)
+    wall = opts.submission_timeout + 120  # the student's budget, plus the checks' own work and the imports
+    return Job(submission.number, submission.assignment, submission.student, spec, submission.run_dir,
+               opts.memory_mb, wall)
+
+
+def finish_submission(course: Course, submission: Submission, ran: Ran | None, opts) -> Outcome:
+    """Record one submission in the gradebook (this process only): with the harness's verdicts, or as zero
+    with the reason when it was not run (``ran`` is None) or its harness failed."""
+    staged, notes = submission.staged, list(submission.notes)
+    result, failure = (ran.result, ran.failure) if ran else ({}, "")
+    if ran is not None:
         notes += cell_notes(staged, result.get("cells", []), opts.memory_mb)
         notes += [f"sandbox: {line}" for line in result.get("events", [])]
-    worker_seconds = time.monotonic() - mark
     if opts.no_sandbox:
         notes.append("graded WITHOUT a sandbox (--no-sandbox): the student's code ran with the grader's rights")
+    withhold = submission.withhold
     reason = withhold or (f"not graded, every test scores 0: {failure}" if failure else "")
     lines = notes + ([f"not run, every test scores 0: {withhold}"] if withhold else [])
     if lines:
         staged.notebook.cells.insert(0, intake.note_cell(lines))
     mark = time.monotonic()
-    record_failure = record(course, assignment, student, staged, result, reason, run_dir)
-    grades = read_grades(course, assignment, student)
+    record_failure = record(course, submission.assignment, submission.student, staged, result, reason,
+                            submission.run_dir)
+    grades = read_grades(course, submission.assignment, submission.student)
     timings = {f"worker_{k}": v for k, v in result.get("seconds", {}).items()}
-    timings.update(worker_process=round(worker_seconds, 3), record=round(time.monotonic() - mark, 3))
-    outcome = Outcome(assignment, student, "failed", notes=notes, reason=withhold or failure, timings=timings)
-    outcome.seconds = time.monotonic() - started
+    timings.update(worker_process=round(ran.seconds if ran else 0.0, 3), record=round(time.monotonic() - mark, 3))
+    outcome = Outcome(submission.assignment, submission.student, "failed", notes=notes, reason=withhold or failure,
+                      timings=timings)
+    outcome.seconds = submission.stage_seconds + (ran.seconds if ran else 0.0) + time.monotonic() - mark
     if record_failure or grades is None:
         outcome.reason = record_failure or "no grade was recorded in the gradebook"
     elif failure:
@@ -303,23 +288,47 @@ def discover(course: Course, assignments: list[str], students: list[str] | None)
     return sorted(found)
 
 
+def open_pool(course: Course, args):
+    """Where the harness runs: the Dask cluster of ``--scheduler``, else ``--workers`` local workers."""
+    if getattr(args, "scheduler", None):
+        from .parallel import DaskPool
+
+        return DaskPool(args.scheduler, sandbox=not args.no_sandbox)
+    return LocalPool(args.workers or default_workers(), course.state_dir / "forkserver.log")
+
+
 def cmd_autograde(course: Course, args) -> int:
     from .harness.sandbox import SandboxUnavailable, open_sandbox
+    from .parallel import SchedulerError
 
     known = course.assignments()
     unknown = [a for a in args.assignments if a not in known]
     if unknown:
         say(f"error: unknown assignment(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return 2
-    if not args.no_sandbox:
+    if args.no_sandbox:
+        say("warning: --no-sandbox: student code runs with your rights; the report marks these grades")
+    elif not getattr(args, "scheduler", None):  # with a cluster, its workers check their own sandboxes
         try:
             open_sandbox().release()
         except SandboxUnavailable as exc:
             say(f"error: cannot grade safely here: {exc}.\n  Student code must run in a sandbox. To grade anyway "
                 f"(only code you trust, e.g. your own tests), pass --no-sandbox: the report marks every such grade.")
             return 2
-    else:
-        say("warning: --no-sandbox: student code runs with your rights; the report marks these grades")
+    try:
+        pool = open_pool(course, args)
+    except SchedulerError as exc:
+        say(f"error: {exc}")
+        return 2
+    try:
+        return grade_batch(course, args, pool, known)
+    finally:
+        pool.close()
+
+
+def grade_batch(course: Course, args, pool, known: list[str]) -> int:
+    """Grade every submission found: the harness runs in ``pool``; this thread stages, records each result as
+    it comes (one line per submission, numbered in the batch's order), and writes the ledger."""
     if args.submissions:
         path = Path(args.submissions)
         if not path.is_dir():
@@ -333,41 +342,36 @@ def cmd_autograde(course: Course, args) -> int:
     if not todo:
         say("nothing to grade: no submissions found in " + str(course.root / "submitted"))
         return 0
+    pool.start()
+    say(f"grading {len(todo)} submission(s) {pool.describe()}")
     ledger = course.read_ledger()
-    outcomes: list[Outcome] = []
+    outcomes: dict[int, Outcome] = {}
     prepared: dict[str, Assignment] = {}
+    running: dict[int, Submission] = {}
+    done: queue.Queue = queue.Queue()
     batch_started = time.monotonic()
     width = len(str(len(todo)))
-    for number, (assignment, student) in enumerate(todo, start=1):
-        key = f"{assignment}/{student}"
-        digest = intake.folder_digest(course.root / "submitted" / student / assignment)
-        assignment_digest = course.assignment_digest(assignment)
-        previous = ledger.get(key)
-        prefix = f"[{number:>{width}}/{len(todo)}] {assignment} / {student}:"
-        if (not args.force and previous and previous.get("digest") == digest
-                and previous.get("assignment_digest") == assignment_digest
-                and previous.get("status") in ("graded", "zeroed")
-                and previous.get("sandbox", True) == (not args.no_sandbox)
-                and (course.root / "autograded" / student / assignment).is_dir()
-                and read_grades(course, assignment, student) is not None):
-            say(f"{prefix} skipped (already graded, unchanged): {previous['score']:g}/{previous['max_score']:g}")
-            outcomes.append(Outcome(assignment, student, "skipped", previous["score"], previous["max_score"]))
-            continue
-        try:
-            if assignment not in prepared:
-                ensure_generated(course, assignment)
-                prepared[assignment] = load_assignment(course, assignment)
-            outcome = grade_submission(course, prepared[assignment], student, args)
-        except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
-            outcome = Outcome(assignment, student, "failed", reason=f"grader error: {type(exc).__name__}: {exc}")
-        outcomes.append(outcome)
-        ledger[key] = dict(status=outcome.status, score=outcome.score, max_score=outcome.max_score,
-                           reason=outcome.reason, notes=outcome.notes, digest=digest,
-                           assignment_digest=assignment_digest, seconds=round(outcome.seconds, 2),
-                           timings=outcome.timings, sandbox=not args.no_sandbox,
-                           graded_at=time.strftime("%Y-%m-%d %H:%M:%S"))
-        course.write_ledger(ledger)
-        line = f"{prefix} {outcome.status}"
+
+    def conclude(number: int, outcome: Outcome, digests: tuple[str, str] | None = None, where: str = "") -> None:
+        """Print the submission's line and, unless it was skipped, put it in the ledger (``digests``: of its
+        files and of its assignment)."""
+        assignment, student = todo[number - 1]
+        outcomes[number] = outcome
+        if digests is not None:
+            entry = dict(status=outcome.status, score=outcome.score, max_score=outcome.max_score,
+                         reason=outcome.reason, notes=outcome.notes, digest=digests[0],
+                         assignment_digest=digests[1], seconds=round(outcome.seconds, 2),
+                         timings=outcome.timings, sandbox=not args.no_sandbox,
+                         graded_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+            if where:
+                entry["graded_on"] = where
+            ledger[f"{assignment}/{student}"] = entry
+            course.write_ledger(ledger)
+        line = f"[{number:>{width}}/{len(todo)}] {assignment} / {student}: {outcome.status}"
+        if outcome.status == "skipped":
+            line += f" (already graded, unchanged): {outcome.score:g}/{outcome.max_score:g}"
+            say(line)
+            return
         if outcome.score is not None:
             line += f" {outcome.score:g}/{outcome.max_score:g}"
         line += f" ({outcome.seconds:.1f} s)"
@@ -376,10 +380,57 @@ def cmd_autograde(course: Course, args) -> int:
         elif outcome.notes:
             line += f" - {len(outcome.notes)} note(s): {outcome.notes[0][:120]}"
         say(line)
-    return summarise(outcomes, time.monotonic() - batch_started)
+
+    def finish(number: int, submission: Submission, ran: Ran | None) -> None:
+        try:
+            outcome = finish_submission(course, submission, ran, args)
+        except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
+            outcome = Outcome(submission.assignment, submission.student, "failed",
+                              reason=f"grader error: {type(exc).__name__}: {exc}")
+        conclude(number, outcome, (submission.digest, submission.assignment_digest), ran.where if ran else "")
+
+    def record_next() -> None:
+        ran = done.get()()
+        finish(ran.job.number, running.pop(ran.job.number), ran)
+
+    assignment_digests: dict[str, str] = {}
+    for number, (assignment, student) in enumerate(todo, start=1):
+        digest = intake.folder_digest(course.root / "submitted" / student / assignment)
+        if assignment not in assignment_digests:
+            assignment_digests[assignment] = course.assignment_digest(assignment)
+        previous = ledger.get(f"{assignment}/{student}")
+        if (not args.force and previous and previous.get("digest") == digest
+                and previous.get("assignment_digest") == assignment_digests[assignment]
+                and previous.get("status") in ("graded", "zeroed")
+                and previous.get("sandbox", True) == (not args.no_sandbox)
+                and (course.root / "autograded" / student / assignment).is_dir()
+                and read_grades(course, assignment, student) is not None):
+            conclude(number, Outcome(assignment, student, "skipped", previous["score"], previous["max_score"]))
+            continue
+        try:
+            if assignment not in prepared:
+                ensure_generated(course, assignment)
+                prepared[assignment] = load_assignment(course, assignment)
+            submission = stage_submission(course, prepared[assignment], number, student, digest,
+                                          assignment_digests[assignment])
+        except Exception as exc:  # noqa: BLE001 (the batch goes on; the reason is recorded)
+            reason = f"grader error: {type(exc).__name__}: {exc}"
+            conclude(number, Outcome(assignment, student, "failed", reason=reason),
+                     (digest, assignment_digests[assignment]))
+            continue
+        if submission.withhold:  # not run: recorded as zero at once
+            finish(number, submission, None)
+            continue
+        while len(running) >= pool.capacity():
+            record_next()
+        running[number] = submission
+        pool.submit(harness_job(submission, args), done)
+    while running:
+        record_next()
+    return summarise([outcomes[n] for n in sorted(outcomes)], time.monotonic() - batch_started, pool.describe())
 
 
-def summarise(outcomes: list[Outcome], elapsed: float) -> int:
+def summarise(outcomes: list[Outcome], elapsed: float, where: str = "") -> int:
     done = [o for o in outcomes if o.status != "skipped"]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("graded", "zeroed", "failed", "skipped")}
     say("")
@@ -389,7 +440,7 @@ def summarise(outcomes: list[Outcome], elapsed: float) -> int:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         rate = 60 * len(done) / max(elapsed, 1e-9)
         say(f"  {len(done)} graded in {elapsed:.0f} s: {rate:.1f} submissions per minute "
-            f"({os.cpu_count()} cores, load average {load:.1f})")
+            f"({where + ', ' if where else ''}{os.cpu_count()} cores here, load average {load:.1f})")
     for o in outcomes:
         if o.status in ("zeroed", "failed"):
             say(f"  {o.status:7} {o.assignment}/{o.student}: {o.reason}")

@@ -3,6 +3,8 @@
     python -m grader generate  [ASSIGNMENT ...]                       student versions into release/
     python -m grader generate  --book [ASSIGNMENT ...]                the book's copies, book/exercises/*.ipynb
     python -m grader autograde [ASSIGNMENT ...] [--submissions PATH]  grade a class, each submission sandboxed
+                               [--workers N | --scheduler ADDRESS]    (N at a time, or on a Dask cluster)
+    python -m grader bench     [--students K] [--workers N]           measure grading throughput
     python -m grader feedback  [ASSIGNMENT ...]                       feedback HTML into feedback/
     python -m grader export    [--to grades.csv]                      grades CSV (+ grading_report.csv)
     python -m grader status                                           what has been graded, and how
@@ -17,9 +19,27 @@ from __future__ import annotations
 import argparse
 
 from . import autograde as autograde_step
+from . import bench as bench_step
 from . import generate as generate_step
 from . import report
 from .course import Course
+from .parallel import default_workers
+
+
+def whole_number(what: str, why: str):
+    """An argparse type: a whole number of ``what``, 1 or more (``why`` says why 0 makes no sense)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number of {what}, 1 or more (got {text!r})") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be 1 or more: {why} (got {value})")
+        return value
+    return parse
+
+
+worker_count = whole_number("workers", "one worker grades one submission at a time")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     autograde = commands.add_parser("autograde", parents=[common], help="grade submitted/ (or a folder of submissions)",
                                     description="Grade every submission in submitted/<student>/<assignment>/, each in "
-                                                "its own process. Unchanged, already graded submissions are skipped.")
+                                                "its own process and sandbox, several at a time (--workers) or on a "
+                                                "Dask cluster (--scheduler). Unchanged, already graded submissions "
+                                                "are skipped.")
     autograde.add_argument("assignments", nargs="*", help="default: every assignment")
     autograde.add_argument("--submissions", metavar="PATH",
                            help="first import PATH: nbgrader's <student>/<assignment>/ layout, or a flat folder of "
@@ -60,7 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
     autograde.add_argument("--no-sandbox", action="store_true",
                            help="run student code without the sandbox (where bubblewrap cannot run, e.g. macOS); "
                                 "only for code you trust: the report marks every grade made so")
+    where = autograde.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=worker_count, default=None, metavar="N",
+                           help="submissions graded at the same time, each in its own process and sandbox "
+                                f"(default: the number of cores, here {default_workers()})")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                           help="grade on a Dask cluster instead: the address of its scheduler, e.g. "
+                                "tcp://10.0.0.5:8786 (it and its workers need this checkout and its virtualenv, "
+                                "the workers bubblewrap; see grader/README.md). This process still records every "
+                                "grade")
     autograde.set_defaults(run=autograde_step.cmd_autograde)
+
+    bench = commands.add_parser("bench", help="measure grading throughput, one worker against --workers N",
+                                description="Grade a class of honest submissions (the source solutions) in a "
+                                            "temporary copy of the course, with one worker and with --workers N, "
+                                            "and print both throughputs, their ratio, the cores, the load average "
+                                            "and where a submission's seconds go. Exit status 1 if any submission "
+                                            "misses full marks or the two runs' grades differ.")
+    bench.add_argument("assignments", nargs="*", help="default: every assignment")
+    bench.add_argument("--course-dir", default=None,
+                       help="the course to copy (default: the grader/ folder of this checkout); it is not written")
+    bench.add_argument("--students", type=whole_number("students", "the class needs a student"), default=4,
+                       help="students in the class, each handing in every assignment (default 4)")
+    bench.add_argument("--workers", type=worker_count, default=None, metavar="N",
+                       help=f"workers of the parallel run (default: the number of cores, here {default_workers()})")
+    bench.add_argument("--json", metavar="PATH", help="also write the figures and every submission's timings here")
+    bench.add_argument("--keep", action="store_true", help="keep the temporary course copies (their ledgers, logs)")
+    bench.set_defaults(run=bench_step.cmd_bench, db=None)
 
     feedback = commands.add_parser("feedback", parents=[common], help="write feedback HTML into feedback/")
     feedback.add_argument("assignments", nargs="*", help="default: every assignment")

@@ -1,6 +1,7 @@
 """A simulated class graded end to end through the instructor CLI (``python -m grader``).
 
-One session builds a temporary copy of the course, generates every assignment, and autogrades one batch:
+One session builds a temporary copy of the course, generates every assignment, and autogrades one batch, one
+submission at a time (``--workers 1``):
 
 * ``ada`` submits the source solutions of every assignment (full marks expected);
 * ``bo`` submits the untouched release of every assignment (0 expected, graded without error);
@@ -11,13 +12,15 @@ One session builds a temporary copy of the course, generates every assignment, a
 
 Each submission starts a sandbox and imports torch there, so grading is the slow part of the suite: the zoo
 runs on one assignment only, and every test below reads the results of that one batch. The attacks of a
-hostile class are in ``tests/test_grader_adversarial.py``. The repository tree is never
+hostile class are in ``tests/test_grader_adversarial.py``. The same class is graded once more with three
+workers, and its part on a Dask cluster: both must give exactly the serial batch's grades. The repository tree is never
 written to: the course is a copy, and the gradebook is a separate SQLite file given with ``--db``.
 """
 
 import csv
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -104,7 +107,29 @@ def course(tmp_path_factory):
     generated = run_cli(course, "generate")
     assert generated.returncode == 0, generated.stdout + generated.stderr
     course.generate_output = generated.stdout
+    course.generated = root / "generated"  # the course as generated, before any grading: for other batches
+    shutil.copytree(course_dir, course.generated / "course")
+    shutil.copy(root / "class_gradebook.db", course.generated / "gradebook.db")
     return course
+
+
+def fresh_copy(course, name):
+    """A copy of the generated course (and its gradebook), not graded yet, as a course for `run_cli`."""
+    folder = course.root / name
+    shutil.copytree(course.generated, folder)
+    return SimpleNamespace(dir=folder / "course", db=f"sqlite:///{folder / 'gradebook.db'}", root=folder)
+
+
+def read_gradebook(course):
+    from grader.course import Course
+
+    scores = {}
+    with Course(course.dir, course.db).gradebook() as gb:
+        for assignment in ASSIGNMENTS:
+            for submission in gb.assignment_submissions(assignment):
+                scores[(assignment, submission.student_id)] = {
+                    g.name: g.score for nb in submission.notebooks for g in nb.grades}
+    return scores
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +147,10 @@ def graded(course):
             path.write_text(nb)
         else:
             nbformat.write(nb, path)
+    shutil.copytree(incoming, course.root / "incoming-as-handed-in")  # a later test edits the inbox
     started = time.monotonic()
     result = run_cli(course, "autograde", "--submissions", incoming, "--cell-timeout", CELL_TIMEOUT,
-                     "--memory-mb", MEMORY_MB)
+                     "--memory-mb", MEMORY_MB, "--workers", 1)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     feedback = run_cli(course, "feedback", ZOO)
@@ -132,14 +158,7 @@ def graded(course):
     export = run_cli(course, "export", "--to", course.root / "export" / "grades.csv")
     assert export.returncode == 0, export.stdout + export.stderr
 
-    from grader.course import Course
-
-    gradebook = {}
-    with Course(course.dir, course.db).gradebook() as gb:
-        for assignment in ASSIGNMENTS:
-            for submission in gb.assignment_submissions(assignment):
-                gradebook[(assignment, submission.student_id)] = {
-                    g.name: g.score for nb in submission.notebooks for g in nb.grades}
+    gradebook = read_gradebook(course)
     ledger = json.loads((course.dir / ".grader" / "ledger.json").read_text())
     return SimpleNamespace(stdout=result.stdout, seconds=seconds, gradebook=gradebook, ledger=ledger,
                            incoming=incoming, feedback=feedback.stdout, export=export.stdout)
@@ -323,3 +342,80 @@ def test_a_student_runs_the_kit_in_jupyter_away_from_the_repository(course, tmp_
 def test_the_repository_tree_is_untouched(course, graded):
     assert grader_tree() == course.repo_tree
     assert not (course.dir / "gradebook.db").exists()  # everything went to the --db database
+
+
+# ------------------------------------------------------------------------------------- parallel and Dask
+
+
+PARALLEL_WORKERS = 3  # more than the 2 cores of the course machines: the batch must not depend on the cores
+
+
+@pytest.fixture(scope="session")
+def graded_in_parallel(course, graded):
+    """The same class, handed in the same way, graded into a fresh copy of the generated course by
+    ``PARALLEL_WORKERS`` workers (the zoo's hang, crash and memory blow-up among them)."""
+    parallel = fresh_copy(course, "parallel")
+    started = time.monotonic()
+    result = run_cli(parallel, "autograde", "--submissions", course.root / "incoming-as-handed-in",
+                     "--cell-timeout", CELL_TIMEOUT, "--memory-mb", MEMORY_MB, "--workers", PARALLEL_WORKERS)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    ledger = json.loads((parallel.dir / ".grader" / "ledger.json").read_text())
+    return SimpleNamespace(stdout=result.stdout, seconds=seconds, gradebook=read_gradebook(parallel), ledger=ledger)
+
+
+def ledger_outcome(entry):
+    return {key: entry.get(key) for key in ("status", "score", "max_score", "reason", "notes", "sandbox")}
+
+
+def test_parallel_grading_gives_the_serial_grades(graded, graded_in_parallel):
+    assert graded_in_parallel.gradebook == graded.gradebook  # every test cell of every submission
+    assert set(graded_in_parallel.ledger) == set(graded.ledger)
+    for key, entry in graded.ledger.items():
+        assert ledger_outcome(graded_in_parallel.ledger[key]) == ledger_outcome(entry), key
+    print(f"\nsimulated class: {SUBMISSIONS} submissions in {graded.seconds:.0f} s with one worker, "
+          f"{graded_in_parallel.seconds:.0f} s with {PARALLEL_WORKERS}")
+
+
+def test_a_parallel_batch_numbers_each_submission_once_and_sums_up_the_same(graded, graded_in_parallel):
+    assert f"grading {SUBMISSIONS} submission(s) with {PARALLEL_WORKERS} worker(s)" in graded_in_parallel.stdout
+    def numbered(stdout):  # lines come in the order the submissions finish
+        lines = re.findall(r"^\[\s*(\d+)/(\d+)\] (\S+) / (\S+): (\w+)", stdout, re.M)
+        return sorted(lines, key=lambda line: int(line[0]))
+    lines = numbered(graded_in_parallel.stdout)
+    assert [int(number) for number, *_ in lines] == list(range(1, SUBMISSIONS + 1))
+    assert lines == numbered(graded.stdout)  # the same number, and status, for the same submission
+
+    def summary(stdout):
+        return stdout.split("Summary:")[1].split("\n")[0]
+    assert summary(graded_in_parallel.stdout) == summary(graded.stdout)
+
+
+def test_a_dask_cluster_grades_like_the_local_run(course, graded, monkeypatch):
+    """A local Dask cluster of two worker processes grades part of the class (an honest and an empty
+    submission, and carol's wrong layout): the grades are the serial batch's, and the CLI recorded them."""
+    distributed = pytest.importorskip("distributed")
+    cluster_course = fresh_copy(course, "dask")
+    handed_in = course.root / "incoming-as-handed-in"
+    inbox = course.root / "dask-inbox"
+    for student in ("ada", "bo"):
+        shutil.copytree(handed_in / student / "part2_relative", inbox / student / "part2_relative")
+    shutil.copy(handed_in / f"carol_{ZOO}.ipynb", inbox)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO)] + [p for p in os.environ.get(
+        "PYTHONPATH", "").split(os.pathsep) if p]))  # the workers import the course's grader from this checkout
+    with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        result = run_cli(cluster_course, "autograde", "--submissions", inbox, "--cell-timeout", CELL_TIMEOUT,
+                         "--memory-mb", MEMORY_MB, "--scheduler", cluster.scheduler_address)
+        workers = set(cluster.scheduler_info["workers"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"grading 3 submission(s) on the Dask cluster at {cluster.scheduler_address} (2 worker(s))" in result.stdout
+    gradebook = read_gradebook(cluster_course)
+    expected = {("part2_relative", "ada"), ("part2_relative", "bo"), (ZOO, "carol")}
+    assert set(gradebook) == expected
+    for key in expected:
+        assert gradebook[key] == graded.gradebook[key], key
+    ledger = json.loads((cluster_course.dir / ".grader" / "ledger.json").read_text())
+    for assignment, student in expected:
+        entry = ledger[f"{assignment}/{student}"]
+        assert ledger_outcome(entry) == ledger_outcome(graded.ledger[f"{assignment}/{student}"])
+        assert entry["graded_on"] in workers
