@@ -448,9 +448,9 @@ def _with_deltas(ref, case, change):
 POSITION_IDS_MISTAKES = [
     Mistake("merge forgotten", "Your image/video ids are laid out on the grid in patches, before the merge. "
                                "image_grid_thw and video_grid_thw count the vision encoder's patches, and each "
-                               "spatial_merge_size x spatial_merge_size square of patches is one token: a block of grid "
-                               "(t, h, w) is t x (h/m) x (w/m) tokens, frame by frame and row by row, so its rows run "
-                               "over h/m values and its columns over w/m, and the text after it continues at "
+                               "spatial_merge_size x spatial_merge_size square of patches is one token: a block of "
+                               "grid (t, h, w) is t x (h/m) x (w/m) tokens, frame by frame and row by row, so its rows "
+                               "run over h/m values and its columns over w/m, and the text after it continues at "
                                "s + max(t, h/m, w/m).",
             candidate=lambda ref, case: _walked_ids(case, unmerged=True),
             example=functools.partial(_student_position_ids, merge=False)),
