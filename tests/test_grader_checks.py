@@ -287,6 +287,149 @@ def test_part5_each_mistake_is_named_by_the_assignments_own_tests(cell, code, te
     assert results[test_cell] is not None and words in results[test_cell], results[test_cell]
 
 
+# ------------------------------------------------------------------------------------------------ Part 7 assignment
+
+PART7 = Path(__file__).resolve().parents[1] / "grader" / "source" / "part7_multimodal" / "part7_multimodal.ipynb"
+PART7_TABLES = {f"test_mrope_cos_sin_{layout}_{part}" for layout in ("chunked", "interleaved")
+                for part in ("visible", "hidden")}
+
+
+def both(name):
+    return {f"test_{name}_visible", f"test_{name}_hidden"}
+
+
+def test_part7_source_solutions_pass_every_test_cell():
+    results = grade_in_process(PART7)
+    assert len(results) == 10 and not lost_tests(results), results
+
+
+ROPE2D_BY_HAND = """
+    def rope2d_cos_sin(dim, height, width, base=100.0):
+        freqs = rope_inv_freq(dim // 2, base)
+        rows = torch.arange(height).repeat_interleave(width)
+        cols = torch.arange(width).repeat(height)
+        angles = {angles}
+        return torch.cos(angles), torch.sin(angles)
+    """
+
+PAIR_AXES_BY_HAND = """
+    def mrope_pair_axes(num_pairs, mrope_section, interleaved=False):
+        s_t, s_h, s_w = mrope_section
+        if interleaved:
+            {interleaved}
+        return {chunked}
+    """
+INTERLEAVED_RIGHT = """axes = torch.zeros(num_pairs, dtype=torch.int64)
+            axes[1:3 * s_h:3] = 1
+            axes[2:3 * s_w:3] = 2
+            return axes"""
+
+POSITION_IDS_BY_HAND = """
+    def mrope_position_ids(token_types, image_grid_thw=None, video_grid_thw=None, spatial_merge_size=2):
+        batch, seq = token_types.shape
+        image_grids = [] if image_grid_thw is None else image_grid_thw.tolist()
+        video_grids = [] if video_grid_thw is None else video_grid_thw.tolist()
+        position_ids = torch.zeros(3, batch, seq, dtype=torch.long)
+        deltas = torch.zeros(batch, dtype=torch.long)
+        for b in range(batch):
+            s, i = 0, 0
+            while i < seq:
+                if token_types[b, i] == 0:
+                    position_ids[:, b, i] = s
+                    s, i = s + 1, i + 1
+                    continue
+                t, h, w = image_grids.pop(0) if token_types[b, i] == 1 else video_grids.pop(0)
+                gh, gw = {grid}
+                n = {count}
+                for k in range(n):
+                    position_ids[0, b, i + k] = s + k // (gh * gw)
+                    position_ids[1, b, i + k] = s + k // gw % gh
+                    position_ids[2, b, i + k] = s + k % gw
+                s, i = {advance}, i + n
+            deltas[b] = {delta}
+        return position_ids, deltas
+    """
+RIGHT_IDS = dict(grid="h // spatial_merge_size, w // spatial_merge_size", count="t * gh * gw",
+                 advance="s + max(t, gh, gw)", delta="position_ids[:, b].max() + 1 - seq")
+
+PART7_MISTAKES = [
+    ("rope2d_cos_sin", ROPE2D_BY_HAND.format(angles="torch.cat((rows[:, None] * freqs, cols[:, None] * freqs), -1)"),
+     both("rope2d_cos_sin"), "turn with the row and the next dim/4 with the column"),
+    ("rope2d_cos_sin", ROPE2D_BY_HAND.format(
+        angles="torch.stack((cols[:, None] * freqs, rows[:, None] * freqs), -1).flatten(1)"),
+     both("rope2d_cos_sin"), "alternate between the column and the row"),
+    ("rope2d_cos_sin", ROPE2D_BY_HAND.format(angles="torch.cat((cols[:, None] * freqs, rows[:, None] * freqs), -1)")
+     .replace("rope_inv_freq(dim // 2, base)", "rope_inv_freq(dim, base)[: dim // 4]"),
+     both("rope2d_cos_sin"), "those of a 1-D head of size dim"),
+    # A wrong pair-axis vector costs the tables built on it too, with the same words.
+    ("mrope_pair_axes", PAIR_AXES_BY_HAND.format(interleaved=INTERLEAVED_RIGHT,
+                                                 chunked="torch.tensor([1] * s_h + [0] * s_t + [2] * s_w)"),
+     both("mrope_pair_axes") | both("mrope_cos_sin_chunked"), "Your chunks come in the order h, t, w"),
+    ("mrope_pair_axes", PAIR_AXES_BY_HAND.format(interleaved="return torch.arange(num_pairs) % 3",
+                                                 chunked="torch.tensor([0] * s_t + [1] * s_h + [2] * s_w)"),
+     both("mrope_pair_axes") | both("mrope_cos_sin_interleaved"), "runs to the last pair"),
+    ("mrope_pair_axes", PAIR_AXES_BY_HAND.format(interleaved=INTERLEAVED_RIGHT.replace("[1:3", "[0:3").replace(
+        "[2:3", "[1:3"), chunked="torch.tensor([0] * s_t + [1] * s_h + [2] * s_w)"),
+     both("mrope_pair_axes") | both("mrope_cos_sin_interleaved"), "off by one axis"),
+    ("mrope_pair_axes", PAIR_AXES_BY_HAND.format(interleaved="return torch.tensor([0] * s_t + [1] * s_h + [2] * s_w)",
+                                                 chunked="torch.tensor([0] * s_t + [1] * s_h + [2] * s_w)"),
+     both("mrope_pair_axes") | both("mrope_cos_sin_interleaved"), "interleaved=True asks for Qwen3-VL's"),
+    ("mrope_cos_sin", """
+        def mrope_cos_sin(inv_freq, position_ids, mrope_section, interleaved=False):
+            axes = mrope_pair_axes(len(inv_freq), mrope_section, interleaved)
+            angles = position_ids[axes].movedim(0, -1).float() * inv_freq
+            emb = torch.cat((angles, angles), dim=-1)
+            return emb.cos(), emb.sin()
+        """, PART7_TABLES, "Your cos/sin have dim columns"),
+    ("mrope_cos_sin", """
+        def mrope_cos_sin(inv_freq, position_ids, mrope_section, interleaved=False):
+            angles = position_ids[0].float()[..., None] * inv_freq
+            return torch.cos(angles), torch.sin(angles)
+        """, PART7_TABLES, "turns with the temporal id"),
+    # The merge forgotten in the layout (rows of w patches) and the step after the block, not in the token count.
+    ("mrope_position_ids", POSITION_IDS_BY_HAND.format(**{
+        **RIGHT_IDS, "grid": "h, w", "count": "t * (h // spatial_merge_size) * (w // spatial_merge_size)",
+        "advance": "s + max(t, h, w)"}),
+     both("mrope_position_ids"), "laid out on the grid in patches, before the merge"),
+    ("mrope_position_ids", POSITION_IDS_BY_HAND.format(**{**RIGHT_IDS, "advance": "s + 1"}),
+     both("mrope_position_ids"), "continues at the block's first id + 1"),
+    ("mrope_position_ids", POSITION_IDS_BY_HAND.format(**{**RIGHT_IDS, "advance": "s + n"}),
+     both("mrope_position_ids"), "as if every token had a position of its own"),
+    ("mrope_position_ids", POSITION_IDS_BY_HAND.format(**{**RIGHT_IDS, "delta": "position_ids[:, b].max() - seq"}),
+     both("mrope_position_ids"), "Your deltas are one too small"),
+    ("mrope_position_ids", POSITION_IDS_BY_HAND.format(**{**RIGHT_IDS, "delta": "seq - position_ids[:, b].max() - 1"}),
+     both("mrope_position_ids"), "Your deltas have the wrong sign"),
+]
+
+
+@pytest.mark.parametrize("cell, code, lost, words", PART7_MISTAKES,
+                         ids=[f"{cell}-{words[:24]}" for cell, _, _, words in PART7_MISTAKES])
+def test_part7_each_mistake_is_named_by_the_assignments_own_tests(cell, code, lost, words):
+    results = grade_in_process(PART7, {cell: code})
+    assert lost_tests(results) == lost, results
+    for name in lost:
+        assert words in results[name], (name, results[name])
+        if name.endswith("_hidden"):  # the hidden cases' values stay hidden (shapes may show)
+            assert "hidden case" in results[name] and "yours is" not in results[name], results[name]
+
+
+def test_part7_the_reference_position_ids_agree_with_the_walk_the_mistakes_change():
+    """The mistakes of `check_mrope_position_ids` change one rule of a walk over the blocks; unchanged, that walk
+    is the reference on every case of the notebook (visible and hidden), so a mistake's output differs from the
+    reference only by its own rule."""
+    from grader.checks import part7_multimodal as part7
+
+    hidden = [line for line in nbformat.read(PART7, as_version=4).cells
+              if "check_mrope_position_ids(mrope_position_ids, cases=" in line.source]
+    assert len(hidden) == 1
+    cases = eval(hidden[0].source.split("cases=", 1)[1].rsplit(", hidden=True", 1)[0])  # noqa: S307 (the course's cell)
+    for rows, merge in list(part7.POSITION_IDS_CASES) + cases:
+        case = part7._prompt_case(rows, merge, hidden=False)
+        ids, deltas = part7._walked_ids(case)
+        expected_ids, expected_deltas = solutions.mrope_position_ids(*case.args, **case.kwargs)
+        assert torch.equal(ids, expected_ids) and torch.equal(deltas, expected_deltas), case.label
+
+
 # ------------------------------------------------------------------------------------------------ MLA, Part 1
 
 
@@ -551,6 +694,8 @@ def test_digest_paths_lists_what_an_assignment_is_graded_with():
     assert "grader/checks/part6_lab.py" not in part3 and not any(p.startswith("solutions/lab/") for p in part3)
     part6 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part6_lab")}
     assert {"solutions/lab/evaluate.py", "solutions/lab/passkey.py", "solutions/lab/model.py"} <= part6
+    part7 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part7_multimodal")}
+    assert {"solutions/mrope.py", "solutions/rope2d.py", "solutions/rope.py"} <= part7
     part1 = {p.relative_to(repo).as_posix() for p in checks.digest_paths("part1_foundations")}
     assert {"solutions/sinusoidal.py", "solutions/attention.py"} <= part1  # position_dot_product: via references
     with pytest.raises(ValueError):

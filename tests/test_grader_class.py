@@ -34,7 +34,8 @@ import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ASSIGNMENTS = ["part1_foundations", "part2_relative", "part3_rope", "part4_mla", "part5_extrapolation", "part6_lab"]
+ASSIGNMENTS = ["part1_foundations", "part2_relative", "part3_rope", "part4_mla", "part5_extrapolation", "part6_lab",
+               "part7_multimodal"]
 ZOO = "part3_rope"
 ZOO_SIZE = 7  # carol .. ivan
 SUBMISSIONS = 2 * len(ASSIGNMENTS) + ZOO_SIZE  # ada and bo hand in every assignment

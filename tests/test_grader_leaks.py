@@ -106,7 +106,7 @@ def release(tmp_path_factory):
 
 def test_every_assignment_has_graded_functions_and_hidden_tests():
     assert ASSIGNMENTS == ["part1_foundations", "part2_relative", "part3_rope", "part4_mla", "part5_extrapolation",
-                           "part6_lab"]
+                           "part6_lab", "part7_multimodal"]
     for assignment in ASSIGNMENTS:
         nb = source_notebook(assignment)
         meta = [c.metadata.get("nbgrader", {}) for c in nb.cells]

@@ -8,8 +8,8 @@ Every test cell of an assignment calls one ``check_*`` function, imported from h
   function under a time limit, `compare`, `diagnose`, `check_function`, `check_raises`);
 * `grader.checks.variants`: right and wrong versions of formulas that several assignments' catalogues share
   (the frequencies' exponents, ALiBi's geometric slopes, a RoPE rotation with switchable mistakes);
-* one module per assignment, named after it (``part1_foundations`` ... ``part6_lab``), holding its cases, its
-  catalogues of mistakes (each `Mistake` with an example wrong function, proved by
+* one module per assignment, named after it (``part1_foundations`` ... ``part7_multimodal``), holding its cases,
+  its catalogues of mistakes (each `Mistake` with an example wrong function, proved by
   ``tests/test_grader_mistakes.py``), its checks, its `GRADED_REFERENCES` and its `CATALOGUES`.
 
 This package re-exports the public names of all of them, and gathers `GRADED_REFERENCES`. `digest_paths` lists
@@ -24,7 +24,8 @@ import sys
 import types
 
 from .. import references
-from . import engine, part1_foundations, part2_relative, part3_rope, part4_mla, part5_extrapolation, part6_lab, variants
+from . import (engine, part1_foundations, part2_relative, part3_rope, part4_mla, part5_extrapolation, part6_lab,
+               part7_multimodal, variants)
 from .engine import (DEFAULT_TIME_LIMIT, CallTimeout, Case, Catalogue, CheckFailed, Difference, Mistake,
                      call_quietly, call_student, call_with_time_limit, check_function, check_raises, compare)
 from .part1_foundations import (DOT_PRODUCT_MISTAKES, SELF_ATTENTION_MISTAKES, SHIFT_MATRIX_MISTAKES,
@@ -49,6 +50,9 @@ from .part5_extrapolation import (BY_PARTS_MISTAKES, DYNAMIC_NTK_MISTAKES, LINEA
 from .part6_lab import (FILLER, KEY_DIGITS, NLL_MISTAKES, PASSKEY_DIGITS_MISTAKES, QUESTION, STATEMENT,
                         check_last_window_nll, check_passkey_digits_correct, check_passkey_sequence,
                         check_perplexity_by_length, lab_model)
+from .part7_multimodal import (MROPE_COS_SIN_MISTAKES, PAIR_AXES_MISTAKES, POSITION_IDS_MISTAKES, ROPE2D_MISTAKES,
+                               check_mrope_cos_sin, check_mrope_pair_axes, check_mrope_position_ids,
+                               check_rope2d_cos_sin)
 from .variants import ALIBI_GEOMETRIC_MESSAGE, EXPONENT_MESSAGES
 
 STUDENT_PACKAGE = "course_checks"
@@ -64,7 +68,8 @@ def serve_as_student_package() -> None:
 
 ASSIGNMENTS: dict[str, types.ModuleType] = {
     module.__name__.rsplit(".", 1)[-1]: module
-    for module in (part1_foundations, part2_relative, part3_rope, part4_mla, part5_extrapolation, part6_lab)
+    for module in (part1_foundations, part2_relative, part3_rope, part4_mla, part5_extrapolation, part6_lab,
+                   part7_multimodal)
 }
 """Each assignment's check module, by the assignment's name (``grader/source/<name>/<name>.ipynb``)."""
 
