@@ -38,7 +38,6 @@ own generators, so the numbers do not depend on the number of workers or on the 
 from __future__ import annotations
 
 import concurrent.futures as futures
-import math
 import multiprocessing
 import platform
 import sys
@@ -48,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..lab.train import learning_rate_at  # the lab's schedule: warm-up, then cosine decay (same config fields)
 from .model import ENCODINGS, TinyViT, VisionConfig
 from .task import TaskConfig, find_marks, make_batch, render, quadrant_label, sample_marks
 
@@ -143,15 +143,6 @@ def model_config(config: VisionLabConfig, placement: str, encoding: str) -> Visi
 
 
 # -- training ---------------------------------------------------------------------------------------------
-def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_learning_rate`` at the last step."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
-
-
 def make_optimizer(model: TinyViT, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on weight matrices only.
 
