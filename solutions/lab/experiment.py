@@ -23,13 +23,12 @@ thread, so the numbers do not depend on the number of workers or on the order in
 from __future__ import annotations
 
 import concurrent.futures as futures
-import copy
 import multiprocessing
 import pathlib
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -181,6 +180,20 @@ def configure(model: TinyDecoder, method: Method, config: LabConfig, length: int
 
 # -- jobs (run in worker processes) ---------------------------------------------------------------------
 _CORPUS: dict[tuple, Corpus] = {}
+
+
+def run_environment(workers: int) -> dict:
+    """What a results file records of the machine that produced it, so a reader can judge its timings.
+
+    Every job runs with one torch thread (``threads_per_worker``) in one of ``workers`` processes.
+    """
+    return {
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "threads_per_worker": 1,
+        "workers": workers,
+        "cpu_count": multiprocessing.cpu_count(),
+    }
 
 
 def _corpus(config: LabConfig) -> Corpus:
@@ -371,9 +384,5 @@ def assemble_results(config, table, training, evaluations, corpus, workers, seco
                    "train_files": len(corpus.train_files), "validation_files": len(corpus.validation_files),
                    "train_bytes": corpus.train_bytes, "validation_bytes": corpus.validation_bytes},
         "wall_time_s": round(seconds, 1),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "threads_per_worker": 1,
-        "workers": workers,
-        "cpu_count": multiprocessing.cpu_count(),
+        **run_environment(workers),
     }

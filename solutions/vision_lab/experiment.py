@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import multiprocessing
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..lab.experiment import run_environment  # the same record of the machine as the text lab's results
 from ..lab.train import learning_rate_at  # the lab's schedule: warm-up, then cosine decay (same config fields)
 from .model import ENCODINGS, TinyViT, VisionConfig
 from .task import TaskConfig, find_marks, make_batch, render, quadrant_label, sample_marks
@@ -377,9 +377,5 @@ def assemble_results(config: VisionLabConfig, training: dict, evaluations: dict,
         "evaluation_seconds": {p: {e: {str(s): evaluations[(p, e, s)]["seconds"] for s in config.seeds_of(e)}
                                    for e in ENCODINGS} for p in placements},
         "wall_time_s": round(seconds, 1),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "threads_per_worker": 1,
-        "workers": workers,
-        "cpu_count": multiprocessing.cpu_count(),
+        **run_environment(workers),
     }
