@@ -7,8 +7,8 @@ query i and key j expands into four cross terms (eq. 2):
     A_{i,j} = H_i H_j^T + H_i P_{j|i}^T + P_{i|j} H_j^T + P_{i|j} P_{j|i}^T
               content-to-content, content-to-position, position-to-content, position-to-position.
 
-The positions are relative, so the position-to-position term carries no information the others lack: the paper
-drops it. With k the largest relative distance kept, the distance is clamped into 2k embedding rows (eq. 3):
+The paper drops the position-to-position term: with relative positions it adds little information (section 3.1);
+it would be a function of the offset alone, a learned scalar per head and offset. With k the largest relative distance kept, the distance is clamped into 2k embedding rows (eq. 3):
 
     delta(i, j) = 0 if i - j <= -k;  2k - 1 if i - j >= k;  i - j + k otherwise,
 
@@ -16,16 +16,18 @@ and the three remaining terms read (eq. 4), with Q^c = H W_q,c, K^c = H W_k,c, Q
 
     A~_{i,j} = Q^c_i K^c_j^T  +  Q^c_i K^r_{delta(i,j)}^T  +  K^c_j Q^r_{delta(j,i)}^T.
 
-The sum is scaled by 1/sqrt(3d) (eq. 4's H_o), not 1/sqrt(d): three terms of comparable size are added.
+The sum is scaled by 1/sqrt(3d) (eq. 4's H_o), not 1/sqrt(d): three uncorrelated dot products of variance d add up
+to 3d.
 
 Every index convention follows the released code (microsoft/DeBERTa ``disentangled_attention.py``, ``da_utils.py``;
 Hugging Face ``modeling_deberta_v2.py``), which differs from the paper's notation in one place: the
 position-to-content term is gathered at ``clamp(i - j + k, 0, 2k - 1)``, the same index as content-to-position,
-where eq. 4 writes delta(j, i) = clamp(j - i + k). The two are reflections of each other on a learned table, so a
-model can learn either; but a checkpoint works only with the one it was trained with. The book's DeBERTa chapter
+where eq. 4 writes delta(j, i) = clamp(j - i + k). The two are reflections of each other on a learned table (up to
+one offset at each edge of the clamp), so a model can learn either; but a checkpoint works only with the one it
+was trained with. The book's DeBERTa chapter
 sets the two side by side.
 
-DeBERTa-v2/v3 (He, Gao, Chen, "DeBERTaV3", arXiv 2111.09543, which keeps v2's attention) replaces the linear range
+DeBERTa-v2/v3 (He, Gao, Chen, "DeBERTaV3", arXiv 2111.09543, whose released models are of model type deberta-v2) replaces the linear range
 of offsets by log buckets (`deberta_log_bucket_position`) and scales by ``1/sqrt(d * scale_factor)`` with
 ``scale_factor = 1 + the number of position terms in pos_att_type`` (`deberta_scale_factor`).
 """
