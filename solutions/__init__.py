@@ -4,7 +4,7 @@ Every chapter of the book imports from here, and every exercise is graded agains
 names below are a stable API (see DESIGN.md); each submodule holds one idea:
 
 * `sinusoidal`, `learned`: absolute encodings;
-* `t5`, `transformer_xl`, `alibi`: relative encodings and biases;
+* `t5`, `transformer_xl`, `deberta`, `alibi`: relative encodings and biases;
 * `rope`, `rope_scaling`: rotary embeddings and every way of stretching them;
 * `mla`: DeepSeek's Multi-head Latent Attention with decoupled RoPE;
 * `mrope`, `rope2d`, `long_context`: positions for images and video (Qwen2-VL's M-RoPE and Qwen3-VL's
@@ -15,6 +15,14 @@ names below are a stable API (see DESIGN.md); each submodule holds one idea:
 
 from .alibi import alibi_bias, alibi_slopes, ntk_alibi_slopes
 from .attention import causal_mask, reference_attention
+from .deberta import (
+    deberta_log_bucket_position,
+    deberta_position_index,
+    deberta_relative_positions,
+    deberta_scale_factor,
+    disentangled_attention_scores,
+    disentangled_score_terms,
+)
 from .learned import LearnedPositionalEmbedding
 from .long_context import gemma3_layer_bases, llama4_attention_scale, llama4_rope_layers
 from .mla import (
@@ -63,6 +71,12 @@ __all__ = [
     "ntk_alibi_slopes",
     "causal_mask",
     "reference_attention",
+    "deberta_log_bucket_position",
+    "deberta_position_index",
+    "deberta_relative_positions",
+    "deberta_scale_factor",
+    "disentangled_attention_scores",
+    "disentangled_score_terms",
     "LearnedPositionalEmbedding",
     "MLACache",
     "MLAConfig",

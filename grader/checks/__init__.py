@@ -31,8 +31,9 @@ from .engine import (DEFAULT_TIME_LIMIT, CallTimeout, Case, Catalogue, CheckFail
 from .part1_foundations import (DOT_PRODUCT_MISTAKES, SELF_ATTENTION_MISTAKES, SHIFT_MATRIX_MISTAKES,
                                 SINUSOIDAL_MISTAKES, check_permutation_detector, check_position_dot_product,
                                 check_self_attention, check_shift_matrix, check_sinusoidal_encoding)
-from .part2_relative import (ALIBI_BIAS_MISTAKES, ALIBI_SLOPES_MISTAKES, RELATIVE_POSITION_MISTAKES, T5_MISTAKES,
-                             check_alibi_bias, check_alibi_slopes, check_relative_positions, check_relative_shift,
+from .part2_relative import (ALIBI_BIAS_MISTAKES, ALIBI_SLOPES_MISTAKES, DEBERTA_BUCKET_MISTAKES,
+                             RELATIVE_POSITION_MISTAKES, T5_MISTAKES, check_alibi_bias, check_alibi_slopes,
+                             check_deberta_log_bucket, check_relative_positions, check_relative_shift,
                              check_t5_bucket)
 from .part3_rope import (APPLY_ROPE_MISTAKES, COS_SIN_MISTAKES, INV_FREQ_MISTAKES, KERNEL_MISTAKES, PERMUTE_MISTAKES,
                          ROPE_DIRECTION_MESSAGE, ROPE_SWAPPED_MESSAGE, check_apply_rope, check_permute_to_half_split,

@@ -1,5 +1,6 @@
-"""The checks of assignment ``part2_relative``: relative positions, T5's log buckets (Raffel et al. 2020), ALiBi's
-slopes and causal bias (Press et al. 2022) and Transformer-XL's relative shift (Dai et al. 2019).
+"""The checks of assignment ``part2_relative``: relative positions, T5's log buckets (Raffel et al. 2020), DeBERTa-v2's
+log buckets (He et al. 2021; the released ``make_log_bucket_position``), ALiBi's slopes and causal bias (Press et al.
+2022) and Transformer-XL's relative shift (Dai et al. 2019).
 
 Each check sits next to the catalogue of mistakes it recognises; each mistake's ``example`` is a wrong
 function written the way a student writes it, proved by ``tests/test_grader_mistakes.py``.
@@ -23,6 +24,7 @@ from .variants import ALIBI_GEOMETRIC_MESSAGE, pow2_slopes
 GRADED_REFERENCES = {
     "check_relative_positions": ["solutions.t5:relative_positions"],
     "check_t5_bucket": ["solutions.t5:t5_relative_position_bucket"],
+    "check_deberta_log_bucket": ["solutions.deberta:deberta_log_bucket_position"],
     "check_alibi_slopes": ["solutions.alibi:alibi_slopes", "solutions.alibi:_power_of_two_slopes"],
     "check_alibi_bias": ["solutions.alibi:alibi_bias"],
     "check_relative_shift": ["solutions.transformer_xl:relative_shift"],
@@ -137,6 +139,99 @@ def check_t5_bucket(student_fn, *, bidirectional: bool, offsets=None, num_bucket
                    hint="Exact buckets for distances below max_exact = buckets_per_direction // 2, then "
                         "max_exact + floor(log(d / max_exact) / log(max_distance / max_exact) * (buckets_per_direction "
                         "- max_exact)), clamped to the last bucket of the direction.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DeBERTa-v2's log buckets
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _log_bucket_variant(relative_pos, bucket_size, max_position, *, rounding=torch.ceil, top_offset=None,
+                        log_steps=None):
+    """The released log-bucket rule with one part changed: the rounding, the offset that reaches the top bucket
+    (released: max_position - 1) or the number of log steps (released: bucket_size // 2 - 1). Offsets up to
+    bucket_size // 2 stay exact, as in the released rule."""
+    mid = bucket_size // 2
+    top_offset = max_position - 1 if top_offset is None else top_offset
+    log_steps = mid - 1 if log_steps is None else log_steps
+    distance = relative_pos.abs()
+    ratio = torch.log(distance.clamp(min=mid).double() / mid) / math.log(top_offset / mid)
+    log_bucket = mid + rounding(ratio * log_steps).long()
+    return torch.where(distance <= mid, relative_pos, torch.sign(relative_pos) * log_bucket)
+
+
+def _student_deberta_bucket(relative_pos, bucket_size, max_position, *, keep_sign=True, rounding="ceil",
+                            top_offset="max_position - 1", log_steps="mid - 1", clamp_first=False):
+    """A student's DeBERTa-v2 bucket, offset by offset in Python floats."""
+    mid = bucket_size // 2
+    top = max_position - 1 if top_offset == "max_position - 1" else max_position
+    steps = mid - 1 if log_steps == "mid - 1" else mid
+    round_up = math.ceil if rounding == "ceil" else math.floor
+    out = []
+    for r in relative_pos.flatten().tolist():
+        if clamp_first:
+            r = max(-(max_position - 1), min(max_position - 1, r))
+        if abs(r) <= mid:
+            bucket = abs(r)
+        else:
+            bucket = mid + round_up(math.log(abs(r) / mid) / math.log(top / mid) * steps)
+        out.append(bucket if (r >= 0 or not keep_sign) else -bucket)
+    return torch.tensor(out, dtype=torch.long).reshape(relative_pos.shape)
+
+
+def _case_geometry(case):
+    return case.args[1], case.args[2]
+
+
+DEBERTA_BUCKET_MISTAKES = [
+    Mistake("sign lost", "Your buckets lost the sign of the offset: the function is odd, f(-r) = -f(r). Keys after "
+                         "the query (r = query_pos - key_pos < 0) get negative buckets, so that c2p and p2c can tell "
+                         "left from right.",
+            candidate=lambda ref, case: ref(*case.args).abs(),
+            example=functools.partial(_student_deberta_bucket, keep_sign=False)),
+    Mistake("floor", "Your log buckets are rounded down. The released rule rounds *up* (ceil): |r| just above "
+                     "bucket_size // 2 already moves to bucket bucket_size // 2 + 1.",
+            candidate=lambda ref, case: _log_bucket_variant(case.args[0], *_case_geometry(case), rounding=torch.floor),
+            example=functools.partial(_student_deberta_bucket, rounding="floor")),
+    Mistake("top offset", "Your log range ends at max_position; the released rule divides by "
+                          "ln((max_position - 1) / mid), so that the largest offset of a max_position-long input, "
+                          "max_position - 1, is the one that lands on the last bucket, 2 * mid - 1.",
+            candidate=lambda ref, case: _log_bucket_variant(case.args[0], *_case_geometry(case),
+                                                            top_offset=case.args[2]),
+            example=functools.partial(_student_deberta_bucket, top_offset="max_position")),
+    Mistake("log steps", "Your log range takes mid steps; it takes mid - 1 (mid = bucket_size // 2): the exact "
+                         "offsets 0 .. mid and the log buckets mid + 1 .. 2 * mid - 1 fill the bucket_size buckets "
+                         "of each side, and max_position - 1 lands on 2 * mid - 1, not 2 * mid.",
+            candidate=lambda ref, case: _log_bucket_variant(case.args[0], *_case_geometry(case),
+                                                            log_steps=case.args[1] // 2),
+            example=functools.partial(_student_deberta_bucket, log_steps="mid")),
+    Mistake("clamped", "You clamped the offsets to +-(max_position - 1) first, as microsoft/DeBERTa's 2023 rewrite "
+                       "does. The contract here is the 2021 release's and Hugging Face's: no clamp, offsets past "
+                       "max_position keep growing logarithmically (the attention's index clamp saturates them "
+                       "later).",
+            candidate=lambda ref, case: ref(case.args[0].clamp(-(case.args[2] - 1), case.args[2] - 1),
+                                            *case.args[1:]),
+            example=functools.partial(_student_deberta_bucket, clamp_first=True)),
+]
+
+
+def check_deberta_log_bucket(student_fn, *, bucket_size=32, max_position=128, offsets=None, seed=0,
+                             hidden=False) -> None:
+    """``deberta_log_bucket_position(relative_pos, bucket_size, max_position)``: int64, the shape of the offsets."""
+    if offsets is None:
+        offsets = torch.arange(-3 * max_position, 3 * max_position + 1)
+    elif not isinstance(offsets, torch.Tensor):
+        offsets = torch.tensor(offsets)
+    g = generator(seed)
+    random = torch.randint(-4 * max_position, 4 * max_position + 1, (3, 7), generator=g)
+    geometry = f"bucket_size={bucket_size}, max_position={max_position}"
+    cases = [Case((offsets.long(), bucket_size, max_position),
+                  label=f"{offsets.numel()} offsets from {int(offsets.min())} to {int(offsets.max())}, {geometry}"),
+             Case((random, bucket_size, max_position), label=f"random offsets of shape [3, 7], {geometry}")]
+    check_function(student_fn, solutions.deberta_log_bucket_position, cases, name="deberta_log_bucket_position",
+                   mistakes=DEBERTA_BUCKET_MISTAKES, hidden=hidden,
+                   hint="With mid = bucket_size // 2: r itself where |r| <= mid, otherwise sign(r) * (mid + "
+                        "ceil(ln(|r| / mid) / ln((max_position - 1) / mid) * (mid - 1))), with no clamp.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,6 +384,7 @@ def check_relative_shift(student_fn, *, shapes=((4, 4), (3, 5), (2, 2, 6)), seed
 CATALOGUES = [
     Catalogue(check_relative_positions, RELATIVE_POSITION_MISTAKES),
     Catalogue(check_t5_bucket, T5_MISTAKES, {"bidirectional": True}),
+    Catalogue(check_deberta_log_bucket, DEBERTA_BUCKET_MISTAKES),
     Catalogue(check_alibi_slopes, ALIBI_SLOPES_MISTAKES),
     Catalogue(check_alibi_bias, ALIBI_BIAS_MISTAKES),
 ]
