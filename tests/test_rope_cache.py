@@ -144,3 +144,13 @@ def test_bad_construction_is_named():
         RopeCache(dim=8, initial_capacity=0)
     with pytest.raises(ValueError, match="same length"):
         rerotate_keys(torch.zeros(2, 8), torch.arange(2), torch.ones(4), torch.ones(3))
+
+
+def test_tables_are_keyed_by_device():
+    cache = RopeCache(dim=8, original_max_position_embeddings=16)
+    on_cpu, _ = cache.cos_sin(torch.arange(4))
+    elsewhere, _ = cache.cos_sin(torch.arange(4), device="meta")  # a second device, no data needed
+    assert on_cpu.device.type == "cpu" and elsewhere.device.type == "meta"
+    assert cache.builds == 2
+    cache.cos_sin(torch.arange(4), device="meta")
+    assert cache.builds == 2  # served from the meta table, not rebuilt
