@@ -5,7 +5,8 @@ names below are a stable API (see DESIGN.md); each submodule holds one idea:
 
 * `sinusoidal`, `learned`: absolute encodings;
 * `t5`, `transformer_xl`, `deberta`, `alibi`: relative encodings and biases;
-* `rope`, `rope_scaling`: rotary embeddings and every way of stretching them;
+* `rope`, `rope_scaling`, `rope_cache`: rotary embeddings, every way of stretching them, and the cos/sin cache
+  that grows at run time;
 * `mla`: DeepSeek's Multi-head Latent Attention with decoupled RoPE;
 * `mrope`, `rope2d`, `long_context`: positions for images and video (Qwen2-VL's M-RoPE and Qwen3-VL's
   interleaved layout, axial and mixed 2-D RoPE for vision transformers) and today's long-context layer designs
@@ -40,6 +41,7 @@ from .rope import (
     rope_cos_sin,
     rope_inv_freq,
 )
+from .rope_cache import RopeCache, rerotate_keys
 from .rope2d import (
     axial_rope_freqs,
     mixed_rope_cos_sin,
@@ -99,6 +101,8 @@ __all__ = [
     "permute_qk_weight_to_interleaved",
     "rope_cos_sin",
     "rope_inv_freq",
+    "RopeCache",
+    "rerotate_keys",
     "ROPE_SCALING_METHODS",
     "RotaryEmbedding",
     "rope_scaling",
