@@ -125,7 +125,9 @@ class TinyDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         if config.encoding == "learned":
-            self.positions = LearnedPositionalEmbedding(config.train_length, config.d_model)
+            # nanoGPT's 0.02 for every table (GPT-2's released code uses 0.01 for this one); the committed
+            # results were trained with it.
+            self.positions = LearnedPositionalEmbedding(config.train_length, config.d_model, init_std=0.02)
         elif config.encoding == "t5":
             self.t5_bias = T5RelativeBias(
                 config.n_heads, config.t5_num_buckets, config.t5_max_distance, bidirectional=False
