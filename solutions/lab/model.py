@@ -41,8 +41,8 @@ ENCODINGS = ("nope", "sinusoidal", "learned", "t5", "alibi", "rope")
 class ModelConfig:
     """The shape of a `TinyDecoder`. ``t5_max_distance`` defaults to ``train_length // 2``.
 
-    T5 uses 32 buckets up to an offset of 128 with a training length of 512, so every offset from 128 to
-    511 shares the last bucket, which is therefore trained. Scaling the ratio to a short training length
+    T5 uses 32 buckets up to an offset of 128 with a training length of 512; its causal buckets put every
+    offset from 113 to 511 in the last bucket, which is therefore trained. Scaling the ratio to a short training length
     keeps that property: offsets from ``train_length // 2`` on share the last (trained) bucket.
     """
 
