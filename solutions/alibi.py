@@ -41,14 +41,16 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 def ntk_alibi_slopes(num_heads: int, factor: float) -> torch.Tensor:
     """NTK-ALiBi: ``m_h = alibi_slope_h / factor^((h-1)/(H-1))`` for heads h = 1 .. H.
 
-    The ALiBi counterpart of NTK-aware RoPE scaling (a community method, 2023, with no paper; see the
-    NTK-ALiBi chapter): the first head is left as trained and the last is "interpolated" by dividing its
+    The ALiBi counterpart of NTK-aware RoPE scaling, from the keezen/ntk_alibi repository (README, August
+    2023; no paper): the first head is left as trained and the last is "interpolated" by dividing its
     slope by ``factor``, with a geometric blend in between. For a power-of-two H the heads are sorted from
     steepest (most local, like RoPE's fast pairs) to gentlest (like RoPE's slow pairs), and this is
-    ``m_h = 1 / (2^(8h/H) * factor^((h-1)/(H-1)))``. For other head counts ALiBi's slopes are not sorted by
-    index (12 heads: the steepest is head 9), and the divisor still follows the head index, as the formula
-    is written; the chapter shows the consequence. With one head the slope is unchanged. ``factor >= 1``;
-    factor 1 gives plain ALiBi.
+    ``m_h = 1 / (2^(8h/H) * factor^((h-1)/(H-1)))``, or with ``b = factor^(1/(H-1))``,
+    ``m_h = b / (2^(8/H) * b)^h``, the README's two forms. For other head counts ALiBi's slopes are not
+    sorted by index (12 heads: the steepest is head 9), and the divisor still follows the head index, as the
+    formula is written. The repository's reference code instead scales only the first power-of-two heads and
+    leaves the extra ones unchanged, in a branch it marks as unfinished; the chapter compares the two. With
+    one head the slope is unchanged. ``factor >= 1``; factor 1 gives plain ALiBi.
     """
     require_positive_int(num_heads, "num_heads")
     _require_factor(factor)

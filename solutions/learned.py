@@ -18,15 +18,21 @@ class LearnedPositionalEmbedding(nn.Module):
     """``forward(positions)`` returns ``table[positions]``; positions past the table raise a ValueError.
 
     ``positions`` is an int n (meaning 0 .. n-1) or an integer tensor of any shape. The parameter count is
-    ``max_positions * dim`` (GPT-2 small: 1024 * 768 = 786,432). Initialised with N(0, 0.02) as GPT-2 does.
+    ``max_positions * dim`` (GPT-2 small: 1024 * 768 = 786,432).
+
+    The table starts as N(0, init_std^2). The default 0.01 is GPT-2's released code (openai/gpt-2,
+    ``src/model.py``: ``wpe`` uses ``stddev=0.01``; 0.02 is its token table ``wte``, and the
+    ``initializer_range`` of Hugging Face's ``GPT2Config``, which re-initialises both tables with it).
     """
 
-    def __init__(self, max_positions: int, dim: int):
+    def __init__(self, max_positions: int, dim: int, init_std: float = 0.01):
         super().__init__()
         require_positive_int(max_positions, "max_positions")
         require_positive_int(dim, "dim")
+        if not (isinstance(init_std, (int, float)) and init_std > 0):
+            raise ValueError(f"init_std must be a positive number (a standard deviation); got {init_std!r}")
         self.max_positions = max_positions
-        self.table = nn.Parameter(torch.randn(max_positions, dim) * 0.02)
+        self.table = nn.Parameter(torch.randn(max_positions, dim) * float(init_std))
 
     def forward(self, positions: torch.Tensor | int) -> torch.Tensor:
         if isinstance(positions, int):

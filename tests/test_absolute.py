@@ -64,6 +64,13 @@ def test_learned_embedding_returns_rows_and_refuses_positions_past_its_table():
         table(torch.tensor([1.0]))
 
 
+def test_learned_embedding_starts_at_gpt2s_released_std_unless_told_otherwise():
+    # openai/gpt-2 src/model.py draws wpe with stddev 0.01 (0.02 is the token table wte).
+    torch.manual_seed(0)
+    assert abs(LearnedPositionalEmbedding(1024, 768).table.std().item() - 0.01) < 1e-4
+    assert abs(LearnedPositionalEmbedding(1024, 768, init_std=0.02).table.std().item() - 0.02) < 2e-4
+
+
 def test_reference_attention_matches_torch_sdpa():
     generator = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, 2, 3, 9, 16, generator=generator, dtype=torch.float64)
@@ -86,6 +93,7 @@ def test_causal_mask_aligns_queries_to_the_end_of_the_keys():
         (lambda: sinusoidal_encoding(10, 7), "even"),
         (lambda: sinusoidal_encoding(0, 8), "num_positions"),
         (lambda: LearnedPositionalEmbedding(0, 8), "max_positions"),
+        (lambda: LearnedPositionalEmbedding(4, 8, init_std=0.0), "init_std"),
         (lambda: reference_attention(torch.zeros(2, 4), torch.zeros(2, 5), torch.zeros(2, 5)), "last dim"),
         (lambda: reference_attention(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2, 4)), "number of keys"),
     ],

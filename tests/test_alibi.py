@@ -93,6 +93,16 @@ def test_ntk_alibi_matches_the_closed_form_for_powers_of_two():
     torch.testing.assert_close(ntk_alibi_slopes(num_heads, factor).double(), expected, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("num_heads", [2, 4, 16, 64])
+def test_ntk_alibi_matches_the_repositorys_second_form(num_heads):
+    # keezen/ntk_alibi README: b = a^(1/(H-1)), m_h = b / (2^(8/H) b)^h
+    factor = 3.0
+    b = factor ** (1 / (num_heads - 1))
+    h = torch.arange(1, num_heads + 1, dtype=torch.float64)
+    expected = b / (2 ** (8 / num_heads) * b) ** h
+    torch.testing.assert_close(ntk_alibi_slopes(num_heads, factor).double(), expected, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

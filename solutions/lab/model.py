@@ -41,8 +41,8 @@ ENCODINGS = ("nope", "sinusoidal", "learned", "t5", "alibi", "rope")
 class ModelConfig:
     """The shape of a `TinyDecoder`. ``t5_max_distance`` defaults to ``train_length // 2``.
 
-    T5 uses 32 buckets up to an offset of 128 with a training length of 512, so every offset from 128 to
-    511 shares the last bucket, which is therefore trained. Scaling the ratio to a short training length
+    T5 uses 32 buckets up to an offset of 128 with a training length of 512; its causal buckets put every
+    offset from 113 to 511 in the last bucket, which is therefore trained. Scaling the ratio to a short training length
     keeps that property: offsets from ``train_length // 2`` on share the last (trained) bucket.
     """
 
@@ -125,7 +125,9 @@ class TinyDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         if config.encoding == "learned":
-            self.positions = LearnedPositionalEmbedding(config.train_length, config.d_model)
+            # nanoGPT's 0.02 for every table (GPT-2's released code uses 0.01 for this one); the committed
+            # results were trained with it.
+            self.positions = LearnedPositionalEmbedding(config.train_length, config.d_model, init_std=0.02)
         elif config.encoding == "t5":
             self.t5_bias = T5RelativeBias(
                 config.n_heads, config.t5_num_buckets, config.t5_max_distance, bidirectional=False
