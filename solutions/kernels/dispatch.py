@@ -45,6 +45,7 @@ import sys
 import threading
 import types
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -104,7 +105,13 @@ def last_run(kernel: str | None = None) -> KernelRun | None:
     return runs.get(kernel if kernel is not None else "*")
 
 
-def _record(run: KernelRun) -> KernelRun:
+def record(run: KernelRun) -> KernelRun:
+    """Make ``run`` what `last_run` returns (for its kernel, and overall) in this thread; returns it.
+
+    `select_backend` records its own decisions. A kernel records a run itself when it changes the decision
+    after the fact (the MLA decode kernel sending inputs that require grad to the torch reference) or runs a
+    second kernel on the same path (the RoPE backward pass).
+    """
     if not hasattr(_state, "runs"):
         _state.runs = {}
     _state.runs[run.kernel] = run
@@ -121,31 +128,31 @@ def select_backend(kernel: str, device: torch.device, work: int, backend: str = 
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     where = str(device)
     if backend == "torch":
-        return _record(KernelRun(kernel, TORCH_FALLBACK, where, work, "backend='torch' was requested"))
+        return record(KernelRun(kernel, TORCH_FALLBACK, where, work, "backend='torch' was requested"))
     if not TRITON_AVAILABLE:
         if backend != "auto":
             raise ValueError(f"backend={backend!r} needs Triton, which cannot be imported ({TRITON_IMPORT_ERROR})")
-        return _record(KernelRun(kernel, TORCH_FALLBACK, where, work,
+        return record(KernelRun(kernel, TORCH_FALLBACK, where, work,
                                  f"Triton cannot be imported ({TRITON_IMPORT_ERROR}); ran the torch reference"))
     if backend == "triton":
         if device.type != "cuda":
             raise ValueError(f"backend='triton' compiles for a CUDA device; the tensors are on {where} "
                              f"(use backend='interpreter' or 'auto' for CPU tensors)")
-        return _record(KernelRun(kernel, TRITON, where, work, "backend='triton' was requested"))
+        return record(KernelRun(kernel, TRITON, where, work, "backend='triton' was requested"))
     if backend == "interpreter":
-        return _record(KernelRun(kernel, INTERPRETER, where, work, "backend='interpreter' was requested"))
+        return record(KernelRun(kernel, INTERPRETER, where, work, "backend='interpreter' was requested"))
     if device.type == "cuda":
-        return _record(KernelRun(kernel, TRITON, where, work, "CUDA tensors: compiled Triton kernel"))
+        return record(KernelRun(kernel, TRITON, where, work, "CUDA tensors: compiled Triton kernel"))
     if device.type != "cpu":
-        return _record(KernelRun(kernel, TORCH_FALLBACK, where, work,
+        return record(KernelRun(kernel, TORCH_FALLBACK, where, work,
                                  f"no Triton backend for device type {device.type!r}; ran the torch reference"))
     limit = INTERPRETER_MAX_WORK.get(kernel, DEFAULT_INTERPRETER_MAX_WORK)
     if work > limit:
-        return _record(KernelRun(
+        return record(KernelRun(
             kernel, TORCH_FALLBACK, where, work,
             f"work {work} > INTERPRETER_MAX_WORK[{kernel!r}] = {limit}: too slow for the Triton interpreter; "
             f"ran the torch reference (pass backend='interpreter' to force the kernel)"))
-    return _record(KernelRun(kernel, INTERPRETER, where, work,
+    return record(KernelRun(kernel, INTERPRETER, where, work,
                              "CPU tensors: the same kernel source under the Triton interpreter"))
 
 
@@ -245,13 +252,35 @@ def launcher(kernel, run: KernelRun):
     return _InterpretedLauncher(kernel) if run.backend == INTERPRETER else kernel
 
 
-def dot_dtype(dtype: torch.dtype, run: KernelRun):
-    """The ``tl`` dtype a kernel should cast ``tl.dot`` operands to: ``dtype`` itself when compiled, but
-    fp32 instead of bf16 under the interpreter, which multiplies bf16 bit patterns as integers
-    (triton-lang/triton#11584; the Triton debugging guide: the interpreter does not support bf16 arithmetic)."""
+class Launch(NamedTuple):
+    """One kernel launch as a kernel module plans it: ``kernel[grid](*args, **kwargs)``.
+
+    The kernel modules build their launches as data (``_plan_launches``), so that the compiled path runs them
+    (`run_launches`) and `solutions.kernels.aot` compiles exactly the same ones for a GPU that is not there.
+    """
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+
+def run_launches(launches, run: KernelRun) -> None:
+    """Launch each planned `Launch` in order, compiled or interpreted as ``run`` says."""
+    for launch in launches:
+        launcher(launch.kernel, run)[launch.grid](*launch.args, **launch.kwargs)
+
+
+def dot_dtype(dtype: torch.dtype, backend: str):
+    """The ``tl`` dtype a kernel should cast ``tl.dot`` operands to on ``backend`` (`KernelRun.backend`).
+
+    ``dtype`` itself when compiled, but fp32 instead of bf16 under the interpreter, which multiplies bf16 bit
+    patterns as integers (triton-lang/triton#11584; the Triton debugging guide: the interpreter does not
+    support bf16 arithmetic).
+    """
     tl = triton.language
     if dtype == torch.bfloat16:
-        return tl.float32 if run.backend == INTERPRETER else tl.bfloat16
+        return tl.float32 if backend == INTERPRETER else tl.bfloat16
     return {torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
 
 
