@@ -204,3 +204,25 @@ def test_launch_configurations_need_no_gpu():
         attention_kernel.attention_launch_config(64, BF16, "cuda")
     with pytest.raises(ValueError, match="bias"):
         attention_kernel.attention_launch_config(64, BF16, H100_SXM, bias="t5")
+
+
+def test_compiling_after_interpreted_launches(monkeypatch, tmp_path):
+    """An interpreted launch leaves ``triton.language`` as it found it, so a later compilation works.
+
+    (Triton 3.9's interpreter patches the language for device-function calls and does not restore it; the
+    dispatcher journals and restores every patched attribute.)"""
+    from solutions.alibi import alibi_slopes
+    from solutions.kernels import attention, mla_decode, rope
+    from solutions.rope import rope_cos_sin, rope_inv_freq
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 20, 24, generator=g)
+    attention(q, q, q, alibi_slopes=alibi_slopes(2), backend="interpreter")
+    mla_decode(torch.randn(2, 3, 16, generator=g), torch.randn(2, 3, 4, generator=g),
+               torch.randn(2, 6, 16, generator=g), torch.randn(2, 6, 4, generator=g), torch.tensor([2, 6]),
+               sm_scale=0.3, num_splits=2, backend="interpreter")
+    rope(torch.randn(1, 3, 2, 8, generator=g), *rope_cos_sin(rope_inv_freq(8), 8), backend="interpreter")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # a real compilation, not a cache hit
+    (result,) = aot.compile_kernel("attention", H100_SXM, batch=1, heads=2, q_len=48, head_dim=40, dtype=F16,
+                                   causal=False, bias="none")
+    assert result.fits

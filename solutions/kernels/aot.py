@@ -179,3 +179,22 @@ def compile_kernel(kernel: str, gpu: GPU, **shape) -> list[CompiledKernel]:
     if kernel not in _PLANNERS:
         raise ValueError(f"kernel must be one of {sorted(_PLANNERS)}; got {kernel!r}")
     return [compile_launch(launch, gpu) for launch in _PLANNERS[kernel](gpu, **shape)]
+
+
+def resource_table(rows) -> str:
+    """A plain-text table of ``(label, CompiledKernel)`` rows: tiles, warps, stages, shared memory against the
+    limit, registers and spilled bytes per thread, for a chapter to print."""
+    header = ("configuration", "target", "kernel", "tiles", "warps", "stages", "shared KiB / limit",
+              "registers", "spilled")
+    lines = []
+    for label, result in rows:
+        tiles = " ".join(f"{name[len('BLOCK_'):]}={value}" for name, value in result.constants.items()
+                         if name.startswith("BLOCK_"))
+        lines.append((label, result.arch, result.kernel.strip("_"), tiles, str(result.num_warps),
+                      str(result.num_stages),
+                      f"{result.shared_memory / 1024:.1f} / {result.shared_memory_limit / 1024:.0f}",
+                      "?" if result.registers is None else str(result.registers),
+                      "?" if result.spill_bytes is None else f"{result.spill_bytes} B"))
+    widths = [max(len(row[i]) for row in (header, *lines)) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in (header, *lines))

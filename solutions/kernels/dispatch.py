@@ -202,14 +202,41 @@ def _import_lazy_triton_modules() -> None:
         pass
 
 
+_MISSING = object()
+
+
 class _InterpretedStdlib:
-    """Context manager: Triton's ``@jit`` library functions temporarily replaced by interpreted twins."""
+    """Context manager: Triton's ``@jit`` library functions temporarily replaced by interpreted twins, and
+    every attribute the interpreter patches on ``triton.language`` put back afterwards.
+
+    The interpreter patches ``triton.language`` (its builtins, ``tensor`` methods, ``dtype.to_ir``) while a
+    kernel runs. Its grid launcher restores what it patched, but a device-function call (an interpreted
+    ``@jit`` function called from the kernel: our helpers, and the library twins) patches again, through
+    ``triton.runtime.interpreter._patch_lang``, and Triton 3.9 never restores that. Left so, the patched
+    builtins break every later *compilation* in the process (``'value' object has no attribute 'dtype'``).
+    So for the duration of the launch each attribute the interpreter sets is journaled with its value before
+    the first change, and all are restored on exit.
+    """
 
     def __enter__(self):
         _import_lazy_triton_modules()
         _interpreter_lock.acquire()
         self._saved = []
+        self._journal = {}
         try:
+            from triton.runtime import interpreter as interpreter_module
+
+            scope_class = interpreter_module._LangPatchScope
+            original_set_attr = scope_class.set_attr
+            journal = self._journal
+
+            def journaled_set_attr(scope, obj, name, value):
+                journal.setdefault((id(obj), name), (obj, name, vars(obj).get(name, _MISSING)
+                                                     if hasattr(obj, "__dict__") else getattr(obj, name, _MISSING)))
+                original_set_attr(scope, obj, name, value)
+
+            scope_class.set_attr = journaled_set_attr
+            self._saved.append((scope_class, "set_attr", original_set_attr))
             # triton.language and its submodules (standard, random, ...) and the tensor methods (x.sum()).
             owners = [module for name, module in list(sys.modules.items())
                       if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
@@ -227,10 +254,18 @@ class _InterpretedStdlib:
         return self
 
     def __exit__(self, *exc):
-        for owner, name, value in reversed(self._saved):
-            setattr(owner, name, value)
-        self._saved = []
-        _interpreter_lock.release()
+        try:
+            for obj, name, original in reversed(list(self._journal.values())):
+                if original is _MISSING:
+                    if name in getattr(obj, "__dict__", {}):
+                        delattr(obj, name)
+                else:
+                    setattr(obj, name, original)
+            for owner, name, value in reversed(self._saved):
+                setattr(owner, name, value)
+        finally:
+            self._saved, self._journal = [], {}
+            _interpreter_lock.release()
         return False
 
 
