@@ -92,3 +92,19 @@ def test_predictions_use_the_datasheet_figures():
     assert 290 < H100_SXM.tensor_flops / H100_SXM.memory_bandwidth < 300  # the ridge point, bf16
     with pytest.raises(ValueError, match="datasheet"):
         roofline.predict(rope, GPU("unnamed", (9, 0), 132, 232448))
+
+
+def test_mla_splits_keep_the_partials_under_a_quarter_of_the_cache():
+    """The split rule of `mla_decode_launch_config`, in the roofline's terms (its docstring's numbers)."""
+    from solutions.kernels.mla_decode_kernel import _shortest_split, mla_decode_launch_config
+
+    assert _shortest_split(128, 512, 64, torch.bfloat16) == 1824
+    assert _shortest_split(16, 512, 64, torch.bfloat16) == 256
+    cache = roofline.mla_decode_cost(1, 128, 16384, 512, 64, torch.bfloat16)
+    many = roofline.mla_decode_cost(1, 128, 16384, 512, 64, torch.bfloat16, num_splits=64)
+    assert round((many.bytes - cache.bytes) / (16384 * 576 * 2), 1) == 1.8  # 64 splits: partials 1.8x the cache
+    for batch, heads, tokens in [(1, 128, 16384), (8, 128, 4096), (32, 16, 4096), (1, 16, 16384)]:
+        config = mla_decode_launch_config(batch, heads, 512, 64, tokens, torch.bfloat16, H100_SXM)
+        cost = roofline.mla_decode_cost(batch, heads, tokens, 512, 64, torch.bfloat16, num_splits=config.num_splits)
+        cache_bytes = batch * tokens * 576 * 2
+        assert cache_bytes / cost.bytes > 0.75, (batch, heads, tokens, config.num_splits)

@@ -235,8 +235,12 @@ def mla_decode_launch_config(batch: int, heads: int, kv_lora_rank: int, rope_dim
       takes 16 tokens per step and 2 stages. Latent widths above 512 take 16 tokens per step. A GPU with less
       shared memory per block than an A100 (99 KB on sm_86 and sm_89) gets 2 stages and 16 tokens per step.
     * splits ("flash-decoding"): enough programs for about two per streaming multiprocessor, but no split
-      shorter than 256 tokens, where the merge would cost more than the parallelism gains. Each split is
-      rounded up to whole tiles, so fewer splits than asked may run: ``num_splits`` here is what runs.
+      shorter than `_shortest_split` tokens: 256, or more where the split's fp32 partial outputs (one
+      ``kv_lora_rank`` row per head, written and read back by the merge) would exceed a quarter of the cache
+      bytes it reads. With 128 heads that bound is 1,824 tokens in bf16: the roofline model
+      (`solutions.kernels.roofline.mla_decode_cost`) shows that 64 splits of one 16k-token sequence would move
+      1.8 times more bytes of partials than of cache. Each split is rounded up to whole tiles, so fewer splits
+      than asked may run: ``num_splits`` here is what runs.
 
     The interpreter puts all heads in one block and splits only when asked (fewer, bigger program instances).
     """
@@ -258,7 +262,8 @@ def mla_decode_launch_config(batch: int, heads: int, kv_lora_rank: int, rope_dim
         warps = 8
         if num_splits is None:
             programs = batch * cdiv(heads, block_h)
-            splits = max(1, min(cdiv(2 * target.sm_count, programs), cdiv(max_len, 256)))
+            splits = max(1, min(cdiv(2 * target.sm_count, programs), max_len // _shortest_split(heads, kv_lora_rank,
+                                                                                             rope_dim, dtype)))
         else:
             splits = num_splits
     else:
@@ -266,6 +271,15 @@ def mla_decode_launch_config(batch: int, heads: int, kv_lora_rank: int, rope_dim
     tokens_per_split = cdiv(cdiv(max_len, splits), block_t) * block_t  # whole tiles per split
     return MLADecodeConfig(rank_pad, rope_pad, block_h, block_t, cdiv(max_len, tokens_per_split),
                            tokens_per_split, warps, stages)
+
+
+def _shortest_split(heads: int, kv_lora_rank: int, rope_dim: int, dtype: torch.dtype) -> int:
+    """The fewest cached tokens a split may hold: 256, and enough that the split's fp32 partial outputs,
+    written and read back (``2 * heads * (kv_lora_rank + 1) * 4`` bytes), stay within a quarter of the cache
+    bytes it reads (``(kv_lora_rank + rope_dim) * element size`` per token)."""
+    element = 4 if dtype == torch.float32 else 2
+    partial_bytes = 2 * heads * (kv_lora_rank + 1) * 4
+    return max(256, cdiv(4 * partial_bytes, (kv_lora_rank + rope_dim) * element))
 
 
 def _plan_launches(q_latent, q_rope, latent_cache, rope_cache, lengths, out, sm_scale, config: MLADecodeConfig,
