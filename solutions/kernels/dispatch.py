@@ -19,10 +19,11 @@ wrapped, recursively. Triton's own library functions that are written as ``@trit
 (``tl.zeros``, ``tl.sum``, ``tl.max``, ...; those in ``triton.language.standard`` and ``.random``) were
 decorated when ``triton.language`` was imported, so for the duration of each interpreted launch (and only
 then, under a lock) they are swapped for interpreted twins, exactly what ``TRITON_INTERPRET=1`` would have
-made them, and restored afterwards. ``TRITON_INTERPRET`` itself is never set, and the kernel modules'
-globals are never modified, so compiled launches in the same process are unaffected (except a compilation
-started from another thread *during* an interpreted launch, which would see the swapped library: mixing
-threads that way is not supported).
+made them, and restored afterwards, together with every attribute the interpreter itself patches on
+``triton.language`` during the launch (`_InterpretedStdlib`). ``TRITON_INTERPRET`` itself is never set, and
+the kernel modules' globals are never modified, so compiled launches in the same process are unaffected
+(except a compilation started from another thread *during* an interpreted launch, which would see the
+swapped library: mixing threads that way is not supported).
 
 How the choice is made (``backend="auto"``)
 -------------------------------------------
