@@ -251,3 +251,17 @@ def test_the_benchmark_puts_measured_against_predicted_on_a_gpu(monkeypatch):
     assert entry["predicted_ms"] == pytest.approx(cost.bytes / 3.35e12 * 1e3)
     assert entry["bound"] == "memory" and entry["gpu"] == H100_SXM.name
     assert entry["fraction_of_roofline"] == pytest.approx(entry["predicted_ms"] / 0.5)
+
+
+def test_the_benchmark_runs_without_triton(tmp_path, monkeypatch, capsys):
+    """Where Triton cannot be imported the benchmark still runs: the kernels run their torch references."""
+    from solutions.kernels import benchmark
+
+    monkeypatch.setattr(dispatch, "TRITON_AVAILABLE", False)
+    monkeypatch.setattr(dispatch, "TRITON_IMPORT_ERROR", "ModuleNotFoundError: No module named 'triton'")
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--out", str(out), "--quick"]) == 0
+    data = json.loads(out.read_text())
+    assert data["versions"]["triton"] is None and "torch references" in data["note"]
+    assert data["rope"]["cases"][0]["results"]["triton rope (ours)"]["backend"] == "torch-fallback"
+    assert capsys.readouterr().err == ""
