@@ -8,15 +8,15 @@ shared memory per block of each compute capability (`solutions.kernels.devices`)
 every kernel's limit to it, and refuses to launch a kernel above it.
 
 How the grid was chosen. A full product of the factors (3 dtypes x 7 head dims x 3 biases x 2 causal x
-2 targets for attention alone: 252 compiles of 1 to 5 seconds) would not fit a test suite, and most of its
+2 targets for attention alone: 252 compiles of several seconds each) would not fit a test suite, and most of its
 points share everything that decides the resources. What decides them is the row of the configuration table
 (dtype class: fp32 or 16-bit; the padded head dim: 32, 64, 128, 256; the per-offset bias, which has its own
 tiles) and the switches that change the code (causal, bias kind, a split). So the grid is a covering set:
 
-* attention: every head dim (32, 64, 80, 96, 128, 192, 256) at least once; every padded width in each dtype
-  class, fp16 and bf16 sharing the 16-bit table; every bias kind with causal and without, each on a
-  different row of the table; fp32 at 80, 128 and 256 padded dims (its tiles differ); a decode step (one
-  query: Triton specialises an argument equal to 1, so it is a different kernel).
+* attention: every head dim (32, 64, 80, 96, 128, 192, 256) at least once; every padded width of the 16-bit
+  table (32, 64, 128, 256), fp16 and bf16 sharing it; fp32, whose tiles differ, at 64, 80, 128 and 256;
+  every bias kind with causal and without, on different rows of the table; a decode step (one query:
+  Triton specialises an argument equal to 1, so it is a different kernel).
 * MLA decode: DeepSeek-V2/V3 widths (``kv_lora_rank`` 512, ``qk_rope_head_dim`` 64) with 128 heads (one GPU)
   split over a 16k cache in bf16 and fp32, with 16 heads (8-way tensor parallelism) in fp16, a large batch
   that needs no split (no merge), and the tests' small shapes (5 heads, rank 40, rope 8) with and without a
@@ -54,6 +54,7 @@ CASES = {
                                                          bias="alibi")),
     "attention d64 fp16 full per_offset": ("attention", dict(ATTENTION, head_dim=64, dtype=F16, causal=False,
                                                             bias="per_offset")),
+    "attention d64 fp32 causal none": ("attention", dict(ATTENTION, head_dim=64, dtype=F32, causal=True, bias="none")),
     "attention d80 fp32 full alibi": ("attention", dict(ATTENTION, head_dim=80, dtype=F32, causal=False,
                                                        bias="alibi")),
     "attention d96 bf16 causal per_offset": ("attention", dict(ATTENTION, head_dim=96, dtype=BF16, causal=True,

@@ -187,9 +187,9 @@ def attention_launch_config(head_dim: int, dtype: torch.dtype, target: GPU | str
     * fp16/bf16 (tensor cores): the FlashAttention-2 Triton tutorial's tiles, a 128-query block (each K/V tile
       read from memory serves 128 queries) and 64 keys per step, with 3 pipeline stages (the next tiles load
       while this one computes) and 8 warps. (The tutorial's 4 warps at 64 dims spilled registers on sm_80.)
-      The per-offset (T5) bias adds a gathered fp32 ``[BLOCK_M, BLOCK_N]`` tile per step, which at 128 padded
-      dims spilled registers with 64 keys per step: it takes 32. At 256 padded dims (192, 256) a block of 64
-      queries, 32 keys and 2 stages keeps the accumulator in registers.
+      The per-offset (T5) bias stages a gathered fp32 ``[BLOCK_M, BLOCK_N]`` tile too: at 128 padded dims
+      that is the largest 16-bit configuration, 163,840 bytes on sm_80, within its 166,912. At 256 padded
+      dims (192, 256) a block of 64 queries, 32 keys and 2 stages keeps the accumulator in registers.
     * fp32 (exact "ieee" products on the ordinary cores, not the tensor cores): the products are computed
       in registers, so the tiles are smaller: 64 x 32 on 8 warps with 2 stages, and 32 x 32 at 256 padded
       dims or with the per-offset bias at 128. The 16-bit tiles spilled registers in fp32 (kilobytes per
@@ -213,10 +213,8 @@ def attention_launch_config(head_dim: int, dtype: torch.dtype, target: GPU | str
     if dtype == torch.float32:
         wide = head_dim_pad > 128 or (head_dim_pad == 128 and bias == "per_offset")
         block_m, block_n, warps, stages = (32, 32, 8, 2) if wide else (64, 32, 8, 2)
-    elif head_dim_pad <= 64:
-        block_m, block_n, warps, stages = (128, 64, 8, 3)
     elif head_dim_pad <= 128:
-        block_m, block_n, warps, stages = (128, 32 if bias == "per_offset" else 64, 8, 3)
+        block_m, block_n, warps, stages = (128, 64, 8, 3)
     else:
         block_m, block_n, warps, stages = (64, 32, 8, 2)
     if target.shared_memory_per_block < SHARED_MEMORY_PER_BLOCK[(8, 0)]:
