@@ -108,3 +108,29 @@ def test_mla_splits_keep_the_partials_under_a_quarter_of_the_cache():
         cost = roofline.mla_decode_cost(batch, heads, tokens, 512, 64, torch.bfloat16, num_splits=config.num_splits)
         cache_bytes = batch * tokens * 576 * 2
         assert cache_bytes / cost.bytes > 0.75, (batch, heads, tokens, config.num_splits)
+
+
+def test_gpu_of_reads_the_driver_and_matches_datasheets(monkeypatch):
+    """`devices.gpu_of` without a GPU: the driver's answer is faked; the datasheet figures attach by name."""
+    import types
+
+    from solutions.kernels import devices
+
+    def properties(name, major, minor, sms, optin=None):
+        fields = dict(name=name, major=major, minor=minor, multi_processor_count=sms)
+        if optin is not None:
+            fields["shared_memory_per_block_optin"] = optin
+        return types.SimpleNamespace(**fields)
+
+    cases = {0: properties("NVIDIA H100 80GB HBM3", 9, 0, 132, 232448), 1: properties("NVIDIA H100 PCIe", 9, 0, 114),
+             2: properties("NVIDIA A40", 8, 6, 84), 3: properties("NVIDIA H200", 9, 0, 132, 232448)}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: cases[index])
+    devices._gpu_of_index.cache_clear()
+    try:
+        sxm, pcie, a40, h200 = (devices.gpu_of(index) for index in range(4))
+    finally:
+        devices._gpu_of_index.cache_clear()
+    assert (sxm.memory_bandwidth, sxm.tensor_flops, sxm.arch) == (3.35e12, 989.5e12, "sm_90")
+    assert pcie.memory_bandwidth is None and pcie.shared_memory_per_block == 232448 and pcie.sm_count == 114
+    assert a40.shared_memory_per_block == 101376 and a40.memory_bandwidth is None  # from the capability table
+    assert h200.memory_bandwidth == 4.8e12
