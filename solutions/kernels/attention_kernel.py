@@ -186,7 +186,7 @@ def attention_launch_config(head_dim: int, dtype: torch.dtype, target: GPU | str
 
     * fp16/bf16 (tensor cores): the FlashAttention-2 Triton tutorial's tiles, a 128-query block (each K/V tile
       read from memory serves 128 queries) and 64 keys per step, with 3 pipeline stages (the next tiles load
-      while this one computes) and 8 warps. (The tutorial's 4 warps at 64 dims spilled registers on sm_80.)
+      while this one computes) and 8 warps (with 4 warps, 64 dims spilled registers on sm_80).
       The per-offset (T5) bias stages a gathered fp32 ``[BLOCK_M, BLOCK_N]`` tile too: at 128 padded dims
       that is the largest 16-bit configuration, 163,840 bytes on sm_80, within its 166,912. At 256 padded
       dims (192, 256) a block of 64 queries, 32 keys and 2 stages keeps the accumulator in registers.

@@ -231,7 +231,7 @@ def mla_decode_launch_config(batch: int, heads: int, kv_lora_rank: int, rope_dim
       accumulator are 64 registers per thread at 8 warps, the most that leaves room for the tile.
     * ``BLOCK_T``: 32 tokens per step. The ``[BLOCK_T, d_c]`` latent tile is staged in shared memory for the
       three products, 3 stages deep: 112,640 bytes at DeepSeek-V2's widths in bf16. In fp32 (exact "ieee"
-      products) that tile is twice as large, 221,184 bytes at 3 stages, more than an A100's 166,912, so fp32
+      products) that tile is twice as large, 225,408 bytes at 3 stages, more than an A100's 166,912, so fp32
       takes 16 tokens per step and 2 stages. Latent widths above 512 take 16 tokens per step. A GPU with less
       shared memory per block than an A100 (99 KB on sm_86 and sm_89) gets 2 stages and 16 tokens per step.
     * splits ("flash-decoding"): enough programs for about two per streaming multiprocessor, but no split
