@@ -234,3 +234,34 @@ def test_the_benchmark_runs_on_the_cpu_and_writes_json_and_plot(tmp_path, capsys
     assert data["rope"]["cases"][0]["max_abs_err_vs_reference"] < 1e-5
     assert data["mla_decode"]["cases"][0]["max_abs_err_vs_reference"] < 1e-4
     assert png.stat().st_size > 10_000
+    for section in ("rope", "attention", "mla_decode"):  # counts always; a predicted time only where a GPU ran
+        entry = data[section]["cases"][0]["roofline"]
+        assert entry["bytes"] > 0 and entry["flops"] > 0 and entry["predicted_ms"] is None
+    assert "roofline" not in printed.out
+
+
+def test_the_benchmark_puts_measured_against_predicted_on_a_gpu(monkeypatch):
+    """On a CUDA device with datasheet figures, each case records the roofline time and the fraction reached."""
+    from solutions.kernels import benchmark, roofline
+    from solutions.kernels.devices import H100_SXM
+
+    monkeypatch.setattr(benchmark, "gpu_of", lambda device: H100_SXM)
+    cost = roofline.rope_cost(4, 4096, 32, 128)
+    entry = benchmark._roofline(cost, torch.device("cuda"), {"ours": {"ms": 0.5}}, "ours")
+    assert entry["predicted_ms"] == pytest.approx(cost.bytes / 3.35e12 * 1e3)
+    assert entry["bound"] == "memory" and entry["gpu"] == H100_SXM.name
+    assert entry["fraction_of_roofline"] == pytest.approx(entry["predicted_ms"] / 0.5)
+
+
+def test_the_benchmark_runs_without_triton(tmp_path, monkeypatch, capsys):
+    """Where Triton cannot be imported the benchmark still runs: the kernels run their torch references."""
+    from solutions.kernels import benchmark
+
+    monkeypatch.setattr(dispatch, "TRITON_AVAILABLE", False)
+    monkeypatch.setattr(dispatch, "TRITON_IMPORT_ERROR", "ModuleNotFoundError: No module named 'triton'")
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--out", str(out), "--quick"]) == 0
+    data = json.loads(out.read_text())
+    assert data["versions"]["triton"] is None and "torch references" in data["note"]
+    assert data["rope"]["cases"][0]["results"]["triton rope (ours)"]["backend"] == "torch-fallback"
+    assert capsys.readouterr().err == ""

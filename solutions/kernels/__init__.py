@@ -11,8 +11,15 @@ file                      kernel                                        oracle
 ``attention_kernel.py``   `attention` (FlashAttention-2, ALiBi/T5)      `attention_reference` (`reference_attention`)
 ``mla_decode_kernel.py``  `mla_decode` (DeepSeek-V2 absorbed decode)    `mla_decode_reference` (`reference_attention`)
 ``dispatch.py``           the dispatcher: compiled/interpreter/torch    `describe_backend`, `last_run`
+``devices.py``            named GPUs (A100, H100, H200): datasheets     `solutions.kernels.devices.gpu_of`
+``aot.py``                ahead-of-time compilation, resources used     Triton's metadata and the cubin
+``roofline.py``           bytes, FLOPs and predicted time of a call     the datasheet bandwidth and peak
 ``benchmark.py``          ``python -m solutions.kernels.benchmark``     against named baselines, in the same run
 ========================  ============================================  =============================================
+
+Each kernel's GPU launch configuration is a pure function of the shapes, the dtype and a `devices.GPU`
+(`rope_launch_config`, `attention_launch_config`, `mla_decode_launch_config`), so that ``aot`` compiles, on a
+machine without a GPU, exactly what a GPU call launches (``tests/test_kernels_compile.py``).
 
 The files are named ``*_kernel.py`` so that no submodule shares a name with the function it exports: with a
 ``rope.py``, any ``import solutions.kernels.rope`` would rebind ``solutions.kernels.rope`` to the module.
@@ -36,6 +43,10 @@ _EXPORTS = {
     "t5_bias_by_offset": "attention_kernel",
     "mla_decode": "mla_decode_kernel",
     "mla_decode_reference": "mla_decode_kernel",
+    "rope_launch_config": "rope_kernel",
+    "attention_launch_config": "attention_kernel",
+    "mla_decode_launch_config": "mla_decode_kernel",
+    "record": "dispatch",
     "KernelRun": "dispatch",
     "last_run": "dispatch",
     "describe_backend": "dispatch",

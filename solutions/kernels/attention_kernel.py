@@ -30,6 +30,7 @@ backward kernel, not written here). Torch oracle: `attention_reference`, built o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -37,14 +38,15 @@ from ..alibi import alibi_bias
 from ..attention import reference_attention
 from ..t5 import T5RelativeBias, relative_positions, t5_relative_position_bucket
 from . import dispatch
+from ._common import LOG2E, SUPPORTED_DTYPES, cdiv, check_float_tensor, check_shared_dtype_and_device, describe, \
+    is_positive_number, next_power_of_2
+from .devices import GPU, SHARED_MEMORY_PER_BLOCK, gpu_of
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # no Triton wheel for this platform: the dispatcher runs `attention_reference`
     from ._no_triton import tl, triton
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 TOLERANCES = {
     # fp32: exact-precision dots ("ieee"); only the summation order differs from the reference.
@@ -56,7 +58,10 @@ TOLERANCES = {
 }
 """Agreement of `attention` with `attention_reference` per dtype (``torch.testing.assert_close`` keywords)."""
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e))
+_LOG2E = tl.constexpr(LOG2E)  # a kernel may read a module-level value only as a constexpr
+
+BIAS_KINDS = ("none", "alibi", "per_offset")
+"""The kernel's ``BIAS`` switch, by name: no bias, ALiBi from the slopes, a gathered per-offset vector (T5)."""
 
 
 @triton.jit
@@ -96,7 +101,7 @@ def _flash_attention_kernel(
 
     if BIAS == 1:
         # ALiBi, pre-multiplied by log2(e) like the scores, so the bias costs one FMA per score.
-        slope_log2 = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+        slope_log2 = tl.load(SLOPES + h).to(tl.float32) * _LOG2E
 
     # Running statistics of the online softmax, in fp32 whatever the input dtype: m_i is the row max seen so
     # far, l_i the sum of exp2(score - m_i), acc the unnormalised output. fp16 would overflow l_i at a few
@@ -131,7 +136,7 @@ def _flash_attention_kernel(
             rel_idx = rel + (k_len - 1)
             bias = tl.load(REL_BIAS + h * stride_rel_h + rel_idx,
                            mask=(offs_m < q_len)[:, None] & k_ok[None, :], other=0.0)
-            qk += bias.to(tl.float32) * 1.4426950408889634
+            qk += bias.to(tl.float32) * _LOG2E
         valid = k_ok[None, :]
         if CAUSAL:
             valid = valid & (rel <= 0)
@@ -157,24 +162,64 @@ def _flash_attention_kernel(
     tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=(offs_m < q_len)[:, None] & d_ok[None, :])
 
 
-def _block_sizes(run: dispatch.KernelRun, head_dim_pad: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages).
+@dataclass(frozen=True)
+class AttentionConfig:
+    """How `attention` launches its kernel: ``HEAD_DIM_PAD``, ``BLOCK_M`` x ``BLOCK_N`` tiles, warps, stages."""
 
-    GPU: the FlashAttention-2 Triton tutorial's choice for head_dim <= 128 on A100/H100: a 128-query block
-    (enough reuse of each K/V tile loaded from HBM), 64 keys per step (the fp32 score tile of 128 x 64 and the
-    accumulator fit in the registers of 8 warps), and 3 pipeline stages to overlap the next tile's load with
-    this one's math. Wider heads halve BLOCK_N to stay within registers. Not tuned in this session (no GPU
-    was lent): `solutions.kernels.benchmark` is where to check it.
-    Interpreter: each program instance is a Python loop iteration, so blocks are small enough to mask little
-    work at small shapes but not so small that the per-instance overhead dominates.
+    head_dim_pad: int
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def attention_launch_config(head_dim: int, dtype: torch.dtype, target: GPU | str, *,
+                            bias: str = "none") -> AttentionConfig:
+    """The launch configuration `attention` uses for ``head_dim``, ``dtype`` and ``bias`` on ``target``.
+
+    ``target`` is a `solutions.kernels.devices.GPU` (for a CUDA tensor, `attention` passes
+    ``devices.gpu_of(q.device)``) or ``"interpreter"``; ``bias`` is one of `BIAS_KINDS`. A pure function: it
+    needs no GPU, so ``tests/test_kernels_compile.py`` compiles exactly these configurations for sm_80 and
+    sm_90 and checks their shared memory against the per-block limit and their registers for spills.
+
+    The head dimension is padded to a power of two, at least 16 (``tl.dot`` needs K >= 16). Then, per dtype:
+
+    * fp16/bf16 (tensor cores): the FlashAttention-2 Triton tutorial's tiles, a 128-query block (each K/V tile
+      read from memory serves 128 queries) and 64 keys per step, with 3 pipeline stages (the next tiles load
+      while this one computes) and 8 warps (with 4 warps, 64 dims spilled registers on sm_80).
+      The per-offset (T5) bias stages a gathered fp32 ``[BLOCK_M, BLOCK_N]`` tile too: at 128 padded dims
+      that is the largest 16-bit configuration, 163,840 bytes on sm_80, within its 166,912. At 256 padded
+      dims (192, 256) a block of 64 queries, 32 keys and 2 stages keeps the accumulator in registers.
+    * fp32 (exact "ieee" products on the ordinary cores, not the tensor cores): the products are computed
+      in registers, so the tiles are smaller: 64 x 32 on 8 warps with 2 stages, and 32 x 32 at 256 padded
+      dims or with the per-offset bias at 128. The 16-bit tiles spilled registers in fp32 (kilobytes per
+      thread) and at 128 padded dims needed 229,888 bytes of shared memory, more than an A100's 166,912.
+    * A GPU with less shared memory per block than an A100 (99 KB on sm_86 and sm_89) gets 2 stages.
+
+    Fixed configurations with their reasons, rather than ``triton.autotune``: every one of them is compiled by
+    the test, and their speed is measured by ``python -m solutions.kernels.benchmark`` on a GPU.
+    The interpreter runs each program instance as a Python loop iteration: 16 x 16 tiles mask little work at
+    small shapes without making the per-instance overhead dominate.
     """
-    if run.backend == dispatch.INTERPRETER:
-        return 16, 16, 4, 1
-    if head_dim_pad <= 64:
-        return 128, 64, 4, 3
-    if head_dim_pad <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 8, 2
+    if bias not in BIAS_KINDS:
+        raise ValueError(f"bias must be one of {BIAS_KINDS}; got {bias!r}")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}; got {dtype}")
+    head_dim_pad = max(16, next_power_of_2(head_dim))
+    if target == dispatch.INTERPRETER:
+        return AttentionConfig(head_dim_pad, 16, 16, 4, 1)
+    if not isinstance(target, GPU):
+        raise ValueError(f"target must be a solutions.kernels.devices.GPU or 'interpreter'; got {target!r}")
+    if dtype == torch.float32:
+        wide = head_dim_pad > 128 or (head_dim_pad == 128 and bias == "per_offset")
+        block_m, block_n, warps, stages = (32, 32, 8, 2) if wide else (64, 32, 8, 2)
+    elif head_dim_pad <= 128:
+        block_m, block_n, warps, stages = (128, 64, 8, 3)
+    else:
+        block_m, block_n, warps, stages = (64, 32, 8, 2)
+    if target.shared_memory_per_block < SHARED_MEMORY_PER_BLOCK[(8, 0)]:
+        stages = min(stages, 2)
+    return AttentionConfig(head_dim_pad, block_m, block_n, warps, stages)
 
 
 def t5_bias_by_offset(t5: T5RelativeBias | torch.Tensor, q_len: int, k_len: int | None = None, *,
@@ -211,15 +256,8 @@ def _bias_matrix(relative_bias: torch.Tensor, q_len: int, k_len: int) -> torch.T
 
 def _check(q, k, v, causal, alibi_slopes, relative_bias, sm_scale):
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor [batch, heads, seq, head_dim]; got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k and v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+        check_float_tensor(name, t, 4, "[batch, heads, seq, head_dim]")
+    check_shared_dtype_and_device({"q": q, "k": k, "v": v})
     batch, heads, q_len, head_dim = q.shape
     if k.shape[:2] != (batch, heads) or v.shape[:2] != (batch, heads):
         raise ValueError(f"q, k, v must share [batch, heads] (no grouped-query heads here); got q "
@@ -239,8 +277,7 @@ def _check(q, k, v, causal, alibi_slopes, relative_bias, sm_scale):
     if alibi_slopes is not None:
         if not isinstance(alibi_slopes, torch.Tensor) or alibi_slopes.shape != (heads,) \
                 or not alibi_slopes.dtype.is_floating_point:
-            raise ValueError(f"alibi_slopes must be a float [heads] = [{heads}] tensor; got "
-                             f"{getattr(alibi_slopes, 'shape', alibi_slopes)}")
+            raise ValueError(f"alibi_slopes must be a float [heads] = [{heads}] tensor; got {describe(alibi_slopes)}")
         if alibi_slopes.device != q.device:
             raise ValueError(f"alibi_slopes is on {alibi_slopes.device} but q is on {q.device}")
     if relative_bias is not None:
@@ -248,12 +285,10 @@ def _check(q, k, v, causal, alibi_slopes, relative_bias, sm_scale):
         if not isinstance(relative_bias, torch.Tensor) or tuple(relative_bias.shape) != expected \
                 or not relative_bias.dtype.is_floating_point:
             raise ValueError(f"relative_bias must be a float per-offset tensor [heads, q_len + k_len - 1] = "
-                             f"{list(expected)} (build it with t5_bias_by_offset); got "
-                             f"{getattr(relative_bias, 'shape', type(relative_bias).__name__)}")
+                             f"{list(expected)} (build it with t5_bias_by_offset); got {describe(relative_bias)}")
         if relative_bias.device != q.device:
             raise ValueError(f"relative_bias is on {relative_bias.device} but q is on {q.device}")
-    if sm_scale is not None and not (isinstance(sm_scale, (int, float)) and not isinstance(sm_scale, bool)
-                                     and math.isfinite(sm_scale) and sm_scale > 0):
+    if sm_scale is not None and not is_positive_number(sm_scale):
         raise ValueError(f"sm_scale must be a positive finite number or None (1/sqrt(head_dim)); got {sm_scale!r}")
 
 
@@ -273,28 +308,41 @@ def attention_reference(q, k, v, *, causal: bool = True, alibi_slopes=None, rela
     return out.to(q.dtype)
 
 
-def _launch(q, k, v, causal, alibi_slopes, relative_bias, sm_scale, run):
+def _bias_kind(alibi_slopes, relative_bias) -> str:
+    return "alibi" if alibi_slopes is not None else "per_offset" if relative_bias is not None else "none"
+
+
+def _plan_launches(q, k, v, out, causal, alibi_slopes, relative_bias, sm_scale, config: AttentionConfig,
+                   backend: str) -> list[dispatch.Launch]:
+    """The one launch of the kernel that computes ``out`` (see `dispatch.Launch`); no data is read."""
     batch, heads, q_len, head_dim = q.shape
     k_len = k.shape[2]
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    head_dim_pad = max(16, triton.next_power_of_2(head_dim))  # tl.dot needs K >= 16
-    block_m, block_n, num_warps, num_stages = _block_sizes(run, head_dim_pad)
     slopes = alibi_slopes.float().contiguous() if alibi_slopes is not None else q  # unused pointer otherwise
     rel = relative_bias.float().contiguous() if relative_bias is not None else q
-    bias_kind = 1 if alibi_slopes is not None else 2 if relative_bias is not None else 0
-    grid = (triton.cdiv(q_len, block_m), batch * heads)
-    dispatch.launcher(_flash_attention_kernel, run)[grid](
-        q, k, v, out, slopes, rel,
-        heads, q_len, k_len, sm_scale * LOG2E,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        rel.stride(0) if relative_bias is not None else 0,
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-        CAUSAL=bool(causal), BIAS=bias_kind,
+    grid = (cdiv(q_len, config.block_m), batch * heads)
+    args = (q, k, v, out, slopes, rel,
+            heads, q_len, k_len, sm_scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            rel.stride(0) if relative_bias is not None else 0)
+    kwargs = dict(
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=config.head_dim_pad, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        CAUSAL=bool(causal), BIAS=BIAS_KINDS.index(_bias_kind(alibi_slopes, relative_bias)),
         # fp32 inputs: exact products ("ieee"), not TF32's 10-bit mantissa, so fp32 means fp32.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_DTYPE=dispatch.dot_dtype(q.dtype, run),
-        num_warps=num_warps, num_stages=num_stages,
+        DOT_DTYPE=dispatch.dot_dtype(q.dtype, backend),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        # Fused multiply-adds, Triton 3.x's default, stated so that the compiled code does not change with it.
+        enable_fp_fusion=True,
     )
+    return [dispatch.Launch(_flash_attention_kernel, grid, args, kwargs)]
+
+
+def _launch(q, k, v, causal, alibi_slopes, relative_bias, sm_scale, run):
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    target = dispatch.INTERPRETER if run.backend == dispatch.INTERPRETER else gpu_of(q.device)
+    config = attention_launch_config(q.shape[3], q.dtype, target, bias=_bias_kind(alibi_slopes, relative_bias))
+    dispatch.run_launches(_plan_launches(q, k, v, out, causal, alibi_slopes, relative_bias, sm_scale, config,
+                                         run.backend), run)
     return out
 
 

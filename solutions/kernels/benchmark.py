@@ -17,8 +17,12 @@ ratios are meaningful even where the absolute numbers are not comparable across 
   path (per-head K and V rebuilt from the latent with W^UK, W^UV, then SDPA), as
   `solutions.mla.MultiHeadLatentAttention` does in its two modes.
 
-On a GPU: ``triton.testing.do_bench`` (median, L2 flushed between runs), the shapes of the issue (RoPE at
-Llama sizes, attention at 1k-16k and head_dim 64/128, MLA decode at DeepSeek-V2 sizes). On a CPU the kernels
+Beside each of our kernels' times stands its roofline prediction (`solutions.kernels.roofline`: the compulsory
+bytes and FLOPs of the call at the GPU's datasheet bandwidth and peak), and the fraction of it reached; a GPU
+without datasheet figures in `solutions.kernels.devices` gets the counts without a predicted time.
+
+On a GPU: ``triton.testing.do_bench`` (median, L2 flushed between runs), at the sizes the kernels serve (RoPE
+at Llama sizes, attention at 1k-16k tokens and head_dim 64/128, MLA decode at DeepSeek-V2 sizes). On a CPU the kernels
 run under the Triton interpreter at tiny shapes, timed by ``time.perf_counter`` (median after a warm-up):
 that is a *smoke run* that keeps this script working, and its numbers say nothing about performance; the
 JSON and the plot say so. A baseline that cannot run records why (``"skipped"``) instead of failing the run.
@@ -42,16 +46,17 @@ import torch
 
 from ..alibi import alibi_bias, alibi_slopes
 from ..rope import rope_cos_sin, rope_inv_freq
-from . import dispatch
+from . import dispatch, roofline
+from .devices import gpu_of
 from .attention_kernel import attention
-from .mla_decode_kernel import mla_decode, mla_decode_reference
+from .mla_decode_kernel import mla_decode, mla_decode_launch_config, mla_decode_reference
 from .rope_kernel import rope, rope_reference
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a "roofline" entry per case (bytes, flops, predicted_ms, fraction_of_roofline)
 
 # (batch, seq, heads, head_dim): Llama-2-7B / Llama-3-8B query shapes at training and prefill sizes.
 GPU_ROPE = [(1, 4096, 32, 128), (4, 4096, 32, 128), (8, 2048, 32, 128), (4, 4096, 8, 128), (4, 4096, 32, 64)]
-# (batch, heads, seq, head_dim): causal ALiBi at the issue's 1k-16k, d = 64 and 128 (16 heads keep the
+# (batch, heads, seq, head_dim): causal ALiBi at 1k-16k tokens, d = 64 and 128 (16 heads keep the
 # materialised bf16 bias of the SDPA baseline at 8 GB for 16k).
 GPU_ATTENTION = [(2, 16, seq, d) for d in (64, 128) for seq in (1024, 2048, 4096, 8192, 16384)]
 # (batch, heads, cache_len, kv_lora_rank, rope_dim): DeepSeek-V2/V3 (512 + 64), 128 heads (one GPU) or 16 (TP 8).
@@ -73,12 +78,17 @@ class Timer:
     def __init__(self, device: torch.device, quick: bool):
         self.device = device
         if device.type == "cuda":
-            import triton.testing
-
-            self._bench = triton.testing.do_bench
             self.warmup_ms, self.rep_ms = (10, 30) if quick else (25, 100)
-            self.description = (f"triton.testing.do_bench: median of CUDA-event timings, L2 cache flushed between "
-                                f"runs, warm-up {self.warmup_ms} ms, repetitions {self.rep_ms} ms")
+            if dispatch.TRITON_AVAILABLE:
+                import triton.testing
+
+                self._bench = triton.testing.do_bench
+                self.description = (f"triton.testing.do_bench: median of CUDA-event timings, L2 cache flushed "
+                                    f"between runs, warm-up {self.warmup_ms} ms, repetitions {self.rep_ms} ms")
+            else:
+                self._bench = _cuda_event_median
+                self.description = (f"CUDA events (Triton is not installed): median after a warm-up of "
+                                    f"{self.warmup_ms} ms, repetitions {self.rep_ms} ms, L2 not flushed")
         else:
             self.warmup, self.reps = (1, 1) if quick else (1, 5)
             self.description = (f"time.perf_counter: median of {self.reps} runs after {self.warmup} warm-up "
@@ -95,6 +105,44 @@ class Timer:
             fn()
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1e3
+
+
+def _cuda_event_median(fn, warmup: int, rep: int, return_mode: str = "median") -> float:
+    """Median milliseconds of ``fn`` by CUDA events, for a CUDA machine without Triton's ``do_bench``."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    torch.cuda.synchronize()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    once = max(start.elapsed_time(end), 1e-3)
+    for _ in range(max(1, int(warmup / once))):
+        fn()
+    times = []
+    for _ in range(max(5, int(rep / once))):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _roofline(cost: roofline.Cost, device: torch.device, results: dict, ours: str) -> dict:
+    """The case's roofline entry: its counts and, on a GPU with datasheet figures, the predicted time and the
+    fraction of it that our kernel reached (predicted / measured: 1.0 is the roofline)."""
+    entry = {"bytes": cost.bytes, "flops": cost.flops, "peak": "tensor" if cost.tensor_cores else "fp32"}
+    if device.type != "cuda":
+        return {**entry, "predicted_ms": None, "note": "no GPU: no prediction to compare with"}
+    gpu = gpu_of(device)
+    if gpu.memory_bandwidth is None:
+        return {**entry, "predicted_ms": None, "note": f"no datasheet figures for {gpu.name}"}
+    prediction = roofline.predict(cost, gpu)
+    entry.update(gpu=gpu.name, predicted_ms=prediction.seconds * 1e3, bound=prediction.bound)
+    measured = results.get(ours, {}).get("ms")
+    entry["fraction_of_roofline"] = prediction.seconds * 1e3 / measured if measured else None
+    return entry
 
 
 def _measure(results: dict, name: str, timer: Timer, fn, *, nbytes: float | None = None,
@@ -131,6 +179,11 @@ def _ratio(results: dict, numerator: str, denominator: str, key: str = "ms"):
     return None
 
 
+def _kernel_backend(device: torch.device) -> str:
+    """Compiled on CUDA; on the CPU the interpreter at any size (a smoke run), or the reference without Triton."""
+    return "auto" if device.type == "cuda" or not dispatch.TRITON_AVAILABLE else "interpreter"
+
+
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
@@ -151,7 +204,7 @@ def _compile(fn, device: torch.device, quick: bool):
 
 
 def bench_rope(device, dtype, timer: Timer, cases, quick: bool) -> dict:
-    kernel_backend = "auto" if device.type == "cuda" else "interpreter"
+    kernel_backend = _kernel_backend(device)
     compiled, compile_reason = _compile(rope_reference, device, quick)
     try:
         from liger_kernel.transformers.rope import liger_rotary_pos_emb
@@ -201,6 +254,8 @@ def bench_rope(device, dtype, timer: Timer, cases, quick: bool) -> dict:
         out.append({
             "shape": {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "dtype": str(dtype)},
             "bytes": nbytes,
+            "roofline": _roofline(roofline.rope_cost(batch, seq, heads, head_dim, dtype=dtype), device, results,
+                                  "triton rope (ours)"),
             "max_abs_err_vs_reference": _max_err(y, rope_reference(x, cos, sin)),
             "results": results,
             "ratios": {
@@ -223,7 +278,7 @@ def bench_rope(device, dtype, timer: Timer, cases, quick: bool) -> dict:
 def bench_attention(device, dtype, timer: Timer, cases, quick: bool) -> dict:
     import torch.nn.functional as F
 
-    kernel_backend = "auto" if device.type == "cuda" else "interpreter"
+    kernel_backend = _kernel_backend(device)
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         flex_reason = None
@@ -285,6 +340,9 @@ def bench_attention(device, dtype, timer: Timer, cases, quick: bool) -> dict:
             "shape": {"batch": batch, "heads": heads, "seq": seq, "head_dim": head_dim, "dtype": str(dtype),
                       "causal": True, "bias": "alibi"},
             "flops": flops,
+            "roofline": _roofline(roofline.attention_cost(batch, heads, seq, seq, head_dim, dtype, causal=True,
+                                                          bias="alibi"),
+                                  device, results, "triton flash attention + ALiBi (ours)"),
             "max_abs_err_vs_sdpa": err,
             "results": results,
             "ratios": {
@@ -321,7 +379,7 @@ def _torch_naive(q_nope, q_rope, latent, rope_key, w_uk, w_uv, sm_scale):
 
 
 def bench_mla(device, dtype, timer: Timer, cases, quick: bool) -> dict:
-    kernel_backend = "auto" if device.type == "cuda" else "interpreter"
+    kernel_backend = _kernel_backend(device)
     out = []
     for batch, heads, length, rank, rope_dim in cases:
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -354,10 +412,16 @@ def bench_mla(device, dtype, timer: Timer, cases, quick: bool) -> dict:
             results["torch naive (per-head K/V from the latent, then SDPA)"] = {
                 "skipped": f"{type(error).__name__}: {error}"[:300]}
         ours = mla_decode(q_latent, q_rope, latent, rope_key, lengths, sm_scale=sm_scale, backend=kernel_backend)
+        last_config = mla_decode_launch_config(
+            batch, heads, rank, rope_dim, length, dtype,
+            gpu_of(device) if device.type == "cuda" else dispatch.INTERPRETER)
         out.append({
             "shape": {"batch": batch, "heads": heads, "cache_len": length, "kv_lora_rank": rank,
                       "rope_dim": rope_dim, "dtype": str(dtype)},
             "bytes": nbytes,
+            "roofline": _roofline(roofline.mla_decode_cost(batch, heads, length, rank, rope_dim, dtype,
+                                                           num_splits=last_config.num_splits),
+                                  device, results, "triton mla_decode (ours)"),
             "max_abs_err_vs_reference": _max_err(
                 ours, mla_decode_reference(q_latent, q_rope, latent, rope_key, lengths, sm_scale=sm_scale)),
             "results": results,
@@ -400,17 +464,17 @@ def run(quick: bool = False, device: str | None = None) -> dict:
         rope_cases, attn_cases, mla_cases = GPU_ROPE, GPU_ATTENTION, GPU_MLA
     if quick:
         rope_cases, attn_cases, mla_cases = rope_cases[:1], attn_cases[:1], mla_cases[:1]
-    import triton
-
+    how_cpu_ran = "under the Triton interpreter" if dispatch.TRITON_AVAILABLE else "as their torch references"
     return {
         "schema_version": SCHEMA_VERSION,
         "smoke_run": smoke,
-        "note": ("CPU smoke run: the kernels ran under the Triton interpreter at tiny shapes; these timings say "
-                 "nothing about performance" if smoke else "GPU run: compiled Triton kernels"),
+        "note": ("GPU run: compiled Triton kernels" if not smoke else
+                 f"CPU smoke run: the kernels ran {how_cpu_ran} at tiny shapes; these timings say nothing about "
+                 f"performance"),
         "device": device_info(device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "triton": triton.__version__},
+                     "triton": dispatch.triton.__version__ if dispatch.TRITON_AVAILABLE else None},
         "command": " ".join(["python -m solutions.kernels.benchmark", *sys.argv[1:]]),
         "quick": quick,
         "backend": dispatch.describe_backend(device),
@@ -475,10 +539,17 @@ def main(argv=None) -> int:
     if args.plot:
         plot(results, args.plot)
     summary = []
-    for section, metric in (("rope", "gbps"), ("attention", "tflops"), ("mla_decode", "gbps")):
+    for section, ours in (("rope", "triton rope (ours)"), ("attention", "triton flash attention + ALiBi (ours)"),
+                          ("mla_decode", "triton mla_decode (ours)")):
         for case in results[section]["cases"]:
             ratios = {k: round(v, 3) for k, v in case["ratios"].items() if v is not None}
             summary.append(f"{section} {case['shape']}: {ratios}")
+            predicted = case["roofline"]["predicted_ms"]
+            if predicted is not None:  # a GPU ran: measured against predicted
+                measured = case["results"][ours]["ms"]
+                summary.append(f"    measured {measured:.4f} ms, roofline {predicted:.4f} ms "
+                               f"({case['roofline']['bound']}-bound on {case['roofline']['gpu']}): "
+                               f"{predicted / measured:.0%} of the roofline")
     print(("SMOKE RUN (CPU interpreter), not performance\n" if results["smoke_run"] else "")
           + f"{results['device']['name']}: wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     print("\n".join(summary))

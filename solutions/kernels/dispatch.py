@@ -19,10 +19,11 @@ wrapped, recursively. Triton's own library functions that are written as ``@trit
 (``tl.zeros``, ``tl.sum``, ``tl.max``, ...; those in ``triton.language.standard`` and ``.random``) were
 decorated when ``triton.language`` was imported, so for the duration of each interpreted launch (and only
 then, under a lock) they are swapped for interpreted twins, exactly what ``TRITON_INTERPRET=1`` would have
-made them, and restored afterwards. ``TRITON_INTERPRET`` itself is never set, and the kernel modules'
-globals are never modified, so compiled launches in the same process are unaffected (except a compilation
-started from another thread *during* an interpreted launch, which would see the swapped library: mixing
-threads that way is not supported).
+made them, and restored afterwards, together with every attribute the interpreter itself patches on
+``triton.language`` during the launch (`_InterpretedStdlib`). ``TRITON_INTERPRET`` itself is never set, and
+the kernel modules' globals are never modified, so compiled launches in the same process are unaffected
+(except a compilation started from another thread *during* an interpreted launch, which would see the
+swapped library: mixing threads that way is not supported).
 
 How the choice is made (``backend="auto"``)
 -------------------------------------------
@@ -45,6 +46,7 @@ import sys
 import threading
 import types
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -104,7 +106,13 @@ def last_run(kernel: str | None = None) -> KernelRun | None:
     return runs.get(kernel if kernel is not None else "*")
 
 
-def _record(run: KernelRun) -> KernelRun:
+def record(run: KernelRun) -> KernelRun:
+    """Make ``run`` what `last_run` returns (for its kernel, and overall) in this thread; returns it.
+
+    `select_backend` records its own decisions. A kernel records a run itself when it changes the decision
+    after the fact (the MLA decode kernel sending inputs that require grad to the torch reference) or runs a
+    second kernel on the same path (the RoPE backward pass).
+    """
     if not hasattr(_state, "runs"):
         _state.runs = {}
     _state.runs[run.kernel] = run
@@ -121,31 +129,31 @@ def select_backend(kernel: str, device: torch.device, work: int, backend: str = 
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     where = str(device)
     if backend == "torch":
-        return _record(KernelRun(kernel, TORCH_FALLBACK, where, work, "backend='torch' was requested"))
+        return record(KernelRun(kernel, TORCH_FALLBACK, where, work, "backend='torch' was requested"))
     if not TRITON_AVAILABLE:
         if backend != "auto":
             raise ValueError(f"backend={backend!r} needs Triton, which cannot be imported ({TRITON_IMPORT_ERROR})")
-        return _record(KernelRun(kernel, TORCH_FALLBACK, where, work,
+        return record(KernelRun(kernel, TORCH_FALLBACK, where, work,
                                  f"Triton cannot be imported ({TRITON_IMPORT_ERROR}); ran the torch reference"))
     if backend == "triton":
         if device.type != "cuda":
             raise ValueError(f"backend='triton' compiles for a CUDA device; the tensors are on {where} "
                              f"(use backend='interpreter' or 'auto' for CPU tensors)")
-        return _record(KernelRun(kernel, TRITON, where, work, "backend='triton' was requested"))
+        return record(KernelRun(kernel, TRITON, where, work, "backend='triton' was requested"))
     if backend == "interpreter":
-        return _record(KernelRun(kernel, INTERPRETER, where, work, "backend='interpreter' was requested"))
+        return record(KernelRun(kernel, INTERPRETER, where, work, "backend='interpreter' was requested"))
     if device.type == "cuda":
-        return _record(KernelRun(kernel, TRITON, where, work, "CUDA tensors: compiled Triton kernel"))
+        return record(KernelRun(kernel, TRITON, where, work, "CUDA tensors: compiled Triton kernel"))
     if device.type != "cpu":
-        return _record(KernelRun(kernel, TORCH_FALLBACK, where, work,
+        return record(KernelRun(kernel, TORCH_FALLBACK, where, work,
                                  f"no Triton backend for device type {device.type!r}; ran the torch reference"))
     limit = INTERPRETER_MAX_WORK.get(kernel, DEFAULT_INTERPRETER_MAX_WORK)
     if work > limit:
-        return _record(KernelRun(
+        return record(KernelRun(
             kernel, TORCH_FALLBACK, where, work,
             f"work {work} > INTERPRETER_MAX_WORK[{kernel!r}] = {limit}: too slow for the Triton interpreter; "
             f"ran the torch reference (pass backend='interpreter' to force the kernel)"))
-    return _record(KernelRun(kernel, INTERPRETER, where, work,
+    return record(KernelRun(kernel, INTERPRETER, where, work,
                              "CPU tensors: the same kernel source under the Triton interpreter"))
 
 
@@ -195,14 +203,41 @@ def _import_lazy_triton_modules() -> None:
         pass
 
 
+_MISSING = object()
+
+
 class _InterpretedStdlib:
-    """Context manager: Triton's ``@jit`` library functions temporarily replaced by interpreted twins."""
+    """Context manager: Triton's ``@jit`` library functions temporarily replaced by interpreted twins, and
+    every attribute the interpreter patches on ``triton.language`` put back afterwards.
+
+    The interpreter patches ``triton.language`` (its builtins, ``tensor`` methods, ``dtype.to_ir``) while a
+    kernel runs. Its grid launcher restores what it patched, but a device-function call (an interpreted
+    ``@jit`` function called from the kernel: our helpers, and the library twins) patches again, through
+    ``triton.runtime.interpreter._patch_lang``, and Triton 3.9 never restores that. Left so, the patched
+    builtins break every later *compilation* in the process (``'value' object has no attribute 'dtype'``).
+    So for the duration of the launch each attribute the interpreter sets is journaled with its value before
+    the first change, and all are restored on exit.
+    """
 
     def __enter__(self):
         _import_lazy_triton_modules()
         _interpreter_lock.acquire()
         self._saved = []
+        self._journal = {}
         try:
+            from triton.runtime import interpreter as interpreter_module
+
+            scope_class = interpreter_module._LangPatchScope
+            original_set_attr = scope_class.set_attr
+            journal = self._journal
+
+            def journaled_set_attr(scope, obj, name, value):
+                journal.setdefault((id(obj), name), (obj, name, vars(obj).get(name, _MISSING)
+                                                     if hasattr(obj, "__dict__") else getattr(obj, name, _MISSING)))
+                original_set_attr(scope, obj, name, value)
+
+            scope_class.set_attr = journaled_set_attr
+            self._saved.append((scope_class, "set_attr", original_set_attr))
             # triton.language and its submodules (standard, random, ...) and the tensor methods (x.sum()).
             owners = [module for name, module in list(sys.modules.items())
                       if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
@@ -220,10 +255,18 @@ class _InterpretedStdlib:
         return self
 
     def __exit__(self, *exc):
-        for owner, name, value in reversed(self._saved):
-            setattr(owner, name, value)
-        self._saved = []
-        _interpreter_lock.release()
+        try:
+            for obj, name, original in reversed(list(self._journal.values())):
+                if original is _MISSING:
+                    if name in getattr(obj, "__dict__", {}):
+                        delattr(obj, name)
+                else:
+                    setattr(obj, name, original)
+            for owner, name, value in reversed(self._saved):
+                setattr(owner, name, value)
+        finally:
+            self._saved, self._journal = [], {}
+            _interpreter_lock.release()
         return False
 
 
@@ -245,13 +288,35 @@ def launcher(kernel, run: KernelRun):
     return _InterpretedLauncher(kernel) if run.backend == INTERPRETER else kernel
 
 
-def dot_dtype(dtype: torch.dtype, run: KernelRun):
-    """The ``tl`` dtype a kernel should cast ``tl.dot`` operands to: ``dtype`` itself when compiled, but
-    fp32 instead of bf16 under the interpreter, which multiplies bf16 bit patterns as integers
-    (triton-lang/triton#11584; the Triton debugging guide: the interpreter does not support bf16 arithmetic)."""
+class Launch(NamedTuple):
+    """One kernel launch as a kernel module plans it: ``kernel[grid](*args, **kwargs)``.
+
+    The kernel modules build their launches as data (``_plan_launches``), so that the compiled path runs them
+    (`run_launches`) and `solutions.kernels.aot` compiles exactly the same ones for a GPU that is not there.
+    """
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+
+def run_launches(launches, run: KernelRun) -> None:
+    """Launch each planned `Launch` in order, compiled or interpreted as ``run`` says."""
+    for launch in launches:
+        launcher(launch.kernel, run)[launch.grid](*launch.args, **launch.kwargs)
+
+
+def dot_dtype(dtype: torch.dtype, backend: str):
+    """The ``tl`` dtype a kernel should cast ``tl.dot`` operands to on ``backend`` (`KernelRun.backend`).
+
+    ``dtype`` itself when compiled, but fp32 instead of bf16 under the interpreter, which multiplies bf16 bit
+    patterns as integers (triton-lang/triton#11584; the Triton debugging guide: the interpreter does not
+    support bf16 arithmetic).
+    """
     tl = triton.language
     if dtype == torch.bfloat16:
-        return tl.float32 if run.backend == INTERPRETER else tl.bfloat16
+        return tl.float32 if backend == INTERPRETER else tl.bfloat16
     return {torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
 
 

@@ -28,20 +28,21 @@ The torch oracle, `mla_decode_reference`, is `solutions.attention.reference_atte
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 
 from ..attention import reference_attention
 from . import dispatch
+from ._common import LOG2E, SUPPORTED_DTYPES, cdiv, check_float_tensor, check_integer_vector, \
+    check_shared_dtype_and_device, is_positive_number, next_power_of_2
+from .devices import GPU, SHARED_MEMORY_PER_BLOCK, gpu_of
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # no Triton wheel for this platform: the dispatcher runs `mla_decode_reference`
     from ._no_triton import tl, triton
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 TOLERANCES = {
     # fp32: exact products; only the order of the sums differs (and, with splits, the merge).
@@ -52,9 +53,6 @@ TOLERANCES = {
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
 """Agreement of `mla_decode` with `mla_decode_reference` per dtype (``torch.testing.assert_close`` keywords)."""
-
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _mla_decode_kernel(
@@ -67,7 +65,8 @@ def _mla_decode_kernel(
     stride_ob, stride_oh, stride_os, stride_oc,
     stride_lb, stride_lh, stride_ls,
     RANK: tl.constexpr, RANK_PAD: tl.constexpr, ROPE: tl.constexpr, ROPE_PAD: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     head_block = tl.program_id(0)  # fastest-varying: the head blocks of one sequence run side by side
     b = tl.program_id(1).to(tl.int64)
@@ -103,14 +102,15 @@ def _mla_decode_kernel(
         k_r = tl.load(K_ROPE + b * stride_kb + tok[:, None].to(tl.int64) * stride_kt + rdim[None, :] * stride_kr,
                       mask=t_ok[:, None] & r_ok[None, :], other=0.0).to(DOT_DTYPE)
         c_dot = c_kv.to(DOT_DTYPE)
-        scores = tl.dot(q_lat, tl.trans(c_dot)) + tl.dot(q_rope, tl.trans(k_r))  # [BLOCK_H, BLOCK_T], fp32
+        scores = (tl.dot(q_lat, tl.trans(c_dot), input_precision=DOT_PRECISION)
+                  + tl.dot(q_rope, tl.trans(k_r), input_precision=DOT_PRECISION))  # [BLOCK_H, BLOCK_T], fp32
         scores = tl.where(t_ok[None, :], scores * sm_scale_log2, float("-inf"))  # exp2 domain
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         p = tl.math.exp2(scores - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         p = p.to(C_KV.dtype.element_ty).to(DOT_DTYPE)  # tensor-core operand dtype; accumulation stays fp32
-        acc = acc * alpha[:, None] + tl.dot(p, c_dot)
+        acc = acc * alpha[:, None] + tl.dot(p, c_dot, input_precision=DOT_PRECISION)
         m_i = m_new
 
     # An empty split (start >= length) has l_i = 0: it writes zeros and a log-sum-exp of -inf, which the
@@ -138,34 +138,30 @@ def _mla_merge_kernel(
     h = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
     s = tl.arange(0, SPLITS_PAD)
-    s_ok = s < num_splits
+    lse_row = LSE + b * stride_lb + h * stride_lh
+    lse_max = tl.max(tl.load(lse_row + s * stride_ls, mask=s < num_splits, other=float("-inf")), 0)
     cols = tl.arange(0, RANK_PAD)
     c_ok = cols < RANK
-    lse = tl.load(LSE + b * stride_lb + h * stride_lh + s * stride_ls, mask=s_ok, other=float("-inf"))
-    w = tl.math.exp2(lse - tl.max(lse, 0))
-    part = tl.load(PART + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + cols[None, :] * stride_pc,
-                   mask=s_ok[:, None] & c_ok[None, :], other=0.0)
-    out = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
-    tl.store(OUT + b * stride_ob + h * stride_oh + cols * stride_oc, out.to(OUT.dtype.element_ty), mask=c_ok)
+    # One split's row at a time: holding all [splits, rank] partial outputs at once would spill registers.
+    acc = tl.zeros([RANK_PAD], dtype=tl.float32)
+    total = tl.zeros([1], dtype=tl.float32)
+    for split in range(0, num_splits):
+        w = tl.math.exp2(tl.load(lse_row + split * stride_ls) - lse_max)
+        part = tl.load(PART + b * stride_pb + h * stride_ph + split * stride_ps + cols * stride_pc, mask=c_ok,
+                       other=0.0)
+        acc += w * part
+        total += w
+    tl.store(OUT + b * stride_ob + h * stride_oh + cols * stride_oc, (acc / total).to(OUT.dtype.element_ty),
+             mask=c_ok)
 
 
 def _check(q_latent, q_rope, latent_cache, rope_cache, cache_lengths, sm_scale, num_splits=None):
-    named = (("q_latent", q_latent, "[batch, heads, kv_lora_rank]"), ("q_rope", q_rope, "[batch, heads, rope_dim]"),
-             ("latent_cache", latent_cache, "[batch, max_len, kv_lora_rank]"),
-             ("rope_cache", rope_cache, "[batch, max_len, rope_dim]"))
-    for name, t, form in named:
-        if not isinstance(t, torch.Tensor) or t.dim() != 3:
-            raise ValueError(f"{name} must be a 3-D tensor {form}; got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}")
-    dtypes = {t.dtype for _, t, _ in named}
-    if len(dtypes) != 1:
-        raise ValueError(f"q_latent, q_rope, latent_cache and rope_cache must share a dtype; got "
-                         f"{[str(t.dtype) for _, t, _ in named]}")
-    devices = {t.device for _, t, _ in named}
-    if len(devices) != 1:
-        raise ValueError(f"all tensors must be on one device; got {[str(t.device) for _, t, _ in named]}")
+    named = {"q_latent": q_latent, "q_rope": q_rope, "latent_cache": latent_cache, "rope_cache": rope_cache}
+    forms = ("[batch, heads, kv_lora_rank]", "[batch, heads, rope_dim]", "[batch, max_len, kv_lora_rank]",
+             "[batch, max_len, rope_dim]")
+    for (name, t), form in zip(named.items(), forms):
+        check_float_tensor(name, t, 3, form)
+    check_shared_dtype_and_device(named)
     batch, heads, rank = q_latent.shape
     max_len = latent_cache.shape[1]
     if q_rope.shape[:2] != (batch, heads):
@@ -177,21 +173,13 @@ def _check(q_latent, q_rope, latent_cache, rope_cache, cache_lengths, sm_scale, 
     if rope_cache.shape != (batch, max_len, q_rope.shape[2]):
         raise ValueError(f"rope_cache must be [batch, max_len, rope_dim] = {[batch, max_len, q_rope.shape[2]]} "
                          f"(max_len from latent_cache, rope_dim from q_rope); got {tuple(rope_cache.shape)}")
-    if not isinstance(cache_lengths, torch.Tensor) or cache_lengths.shape != (batch,) \
-            or cache_lengths.dtype.is_floating_point or cache_lengths.dtype == torch.bool \
-            or cache_lengths.is_complex():
-        raise ValueError(f"cache_lengths must be an integer [batch] = [{batch}] tensor; got "
-                         f"{getattr(cache_lengths, 'shape', cache_lengths)} "
-                         f"{getattr(cache_lengths, 'dtype', '')}")
-    if cache_lengths.device != q_latent.device:
-        raise ValueError(f"cache_lengths is on {cache_lengths.device} but the cache is on {q_latent.device}")
+    check_integer_vector("cache_lengths", cache_lengths, batch, q_latent.device, "[batch]")
     if batch:
         low, high = int(cache_lengths.min()), int(cache_lengths.max())  # one sync, before any launch
         if low < 1 or high > max_len:
             raise ValueError(f"cache_lengths must lie in [1, max_len = {max_len}] (a decode step attends to at "
                              f"least its own token); got min {low}, max {high}")
-    if not (isinstance(sm_scale, (int, float)) and not isinstance(sm_scale, bool) and math.isfinite(sm_scale)
-            and sm_scale > 0):
+    if not is_positive_number(sm_scale):
         raise ValueError(f"sm_scale must be a positive number (MLA's is 1/sqrt(qk_nope_head_dim + "
                          f"qk_rope_head_dim), times YaRN's mscale^2 if any); got {sm_scale!r}")
     if num_splits is not None and (not isinstance(num_splits, int) or isinstance(num_splits, bool)
@@ -216,37 +204,93 @@ def mla_decode_reference(q_latent, q_rope, latent_cache, rope_cache, cache_lengt
     return out[:, :, 0].to(q_latent.dtype)
 
 
-def _config(run: dispatch.KernelRun, heads: int, rank_pad: int, max_len: int, batch: int, num_splits):
-    """(BLOCK_H, BLOCK_T, num_splits, num_warps).
+@dataclass(frozen=True)
+class MLADecodeConfig:
+    """How `mla_decode` launches: padded widths, ``BLOCK_H`` heads x ``BLOCK_T`` tokens per step, the split of
+    the cache into ``num_splits`` chunks of ``tokens_per_split`` tokens (whole tiles), warps and stages."""
 
-    GPU: BLOCK_H of 16 to 32 heads (tl.dot needs 16 rows; 32 x 512 fp32 accumulators are 64 registers per
-    thread at 8 warps, the most that leaves room for the tile), BLOCK_T = 32 tokens (a 32 x 512 bf16 tile is
-    32 KB of shared memory). Splits: enough programs for ~2 waves on the GPU's SMs, but no split shorter than
-    256 tokens (below that the merge costs more than the parallelism gains). Untuned: no GPU was lent.
-    Interpreter: all heads in one block and no split unless asked (fewer, bigger program instances).
+    rank_pad: int
+    rope_pad: int
+    block_h: int
+    block_t: int
+    num_splits: int
+    tokens_per_split: int
+    num_warps: int
+    num_stages: int
+
+
+def mla_decode_launch_config(batch: int, heads: int, kv_lora_rank: int, rope_dim: int, max_len: int,
+                             dtype: torch.dtype, target: GPU | str, num_splits: int | None = None) -> MLADecodeConfig:
+    """The launch configuration `mla_decode` uses for these sizes on ``target`` (a
+    `solutions.kernels.devices.GPU`, or ``"interpreter"``). ``num_splits=None`` picks the split from the GPU.
+
+    A pure function (no GPU needed; ``tests/test_kernels_compile.py`` compiles its configurations for sm_80 and
+    sm_90 and checks shared memory and spills):
+
+    * ``BLOCK_H``: 16 to 32 heads per program (``tl.dot`` needs 16 rows). 32 heads x 512 latent dims of fp32
+      accumulator are 64 registers per thread at 8 warps, the most that leaves room for the tile.
+    * ``BLOCK_T``: 32 tokens per step. The ``[BLOCK_T, d_c]`` latent tile is staged in shared memory for the
+      three products, 3 stages deep: 112,640 bytes at DeepSeek-V2's widths in bf16. In fp32 (exact "ieee"
+      products) that tile is twice as large, 225,408 bytes at 3 stages, more than an A100's 166,912, so fp32
+      takes 16 tokens per step and 2 stages. Latent widths above 512 take 16 tokens per step. A GPU with less
+      shared memory per block than an A100 (99 KB on sm_86 and sm_89) gets 2 stages and 16 tokens per step.
+    * splits ("flash-decoding"): enough programs for about two per streaming multiprocessor, but no split
+      shorter than `_shortest_split` tokens: 256, or more where the split's fp32 partial outputs (one
+      ``kv_lora_rank`` row per head, written and read back by the merge) would exceed a quarter of the cache
+      bytes it reads. With 128 heads that bound is 1,824 tokens in bf16: the roofline model
+      (`solutions.kernels.roofline.mla_decode_cost`) shows that 64 splits of one 16k-token sequence would move
+      1.8 times more bytes of partials than of cache. Each split is rounded up to whole tiles, so fewer splits
+      than asked may run: ``num_splits`` here is what runs.
+
+    The interpreter puts all heads in one block and splits only when asked (fewer, bigger program instances).
     """
-    if run.backend == dispatch.INTERPRETER:
-        block_h = triton.next_power_of_2(heads)
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}; got {dtype}")
+    if min(batch, heads, kv_lora_rank, rope_dim, max_len) < 1:
+        raise ValueError(f"every size must be >= 1; got batch {batch}, heads {heads}, kv_lora_rank "
+                         f"{kv_lora_rank}, rope_dim {rope_dim}, max_len {max_len}")
+    rank_pad = max(16, next_power_of_2(kv_lora_rank))
+    rope_pad = max(16, next_power_of_2(rope_dim))
+    if target == dispatch.INTERPRETER:
+        block_h, block_t, warps, stages = next_power_of_2(heads), 16, 4, 1
         splits = 1 if num_splits is None else num_splits
-        return block_h, 16, splits, 4
-    block_h = max(16, min(32, triton.next_power_of_2(heads)))
-    block_t = 32 if rank_pad <= 512 else 16
-    if num_splits is None:
-        programs = batch * triton.cdiv(heads, block_h)
-        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-        num_splits = max(1, min(triton.cdiv(2 * sms, max(programs, 1)), triton.cdiv(max_len, 256)))
-    return block_h, block_t, num_splits, 8
+    elif isinstance(target, GPU):
+        block_h = max(16, min(32, next_power_of_2(heads)))
+        small_shared = target.shared_memory_per_block < SHARED_MEMORY_PER_BLOCK[(8, 0)]
+        narrow = dtype == torch.float32 or rank_pad > 512 or small_shared
+        block_t, stages = (16, 2) if narrow else (32, 3)
+        warps = 8
+        if num_splits is None:
+            programs = batch * cdiv(heads, block_h)
+            splits = max(1, min(cdiv(2 * target.sm_count, programs), max_len // _shortest_split(heads, kv_lora_rank,
+                                                                                             rope_dim, dtype)))
+        else:
+            splits = num_splits
+    else:
+        raise ValueError(f"target must be a solutions.kernels.devices.GPU or 'interpreter'; got {target!r}")
+    tokens_per_split = cdiv(cdiv(max_len, splits), block_t) * block_t  # whole tiles per split
+    return MLADecodeConfig(rank_pad, rope_pad, block_h, block_t, cdiv(max_len, tokens_per_split),
+                           tokens_per_split, warps, stages)
 
 
-def _launch(q_latent, q_rope, latent_cache, rope_cache, cache_lengths, sm_scale, num_splits, run):
+def _shortest_split(heads: int, kv_lora_rank: int, rope_dim: int, dtype: torch.dtype) -> int:
+    """The fewest cached tokens a split may hold: 256, and enough that the split's fp32 partial outputs,
+    written and read back (``2 * heads * (kv_lora_rank + 1) * 4`` bytes), stay within a quarter of the cache
+    bytes it reads (``(kv_lora_rank + rope_dim) * element size`` per token)."""
+    element = 4 if dtype == torch.float32 else 2
+    partial_bytes = 2 * heads * (kv_lora_rank + 1) * 4
+    return max(256, cdiv(4 * partial_bytes, (kv_lora_rank + rope_dim) * element))
+
+
+def _plan_launches(q_latent, q_rope, latent_cache, rope_cache, lengths, out, sm_scale, config: MLADecodeConfig,
+                   backend: str) -> list[dispatch.Launch]:
+    """The decode launch and, with more than one split, the merge launch (see `dispatch.Launch`).
+
+    Allocates the split outputs (fp32, on the inputs' device) but reads no data.
+    """
     batch, heads, rank = q_latent.shape
-    rope_dim, max_len = q_rope.shape[2], latent_cache.shape[1]
-    rank_pad = max(16, triton.next_power_of_2(rank))
-    rope_pad = max(16, triton.next_power_of_2(rope_dim))
-    block_h, block_t, splits, num_warps = _config(run, heads, rank_pad, max_len, batch, num_splits)
-    tokens_per_split = triton.cdiv(triton.cdiv(max_len, splits), block_t) * block_t  # whole tiles per split
-    splits = triton.cdiv(max_len, tokens_per_split)
-    out = torch.empty((batch, heads, rank), dtype=q_latent.dtype, device=q_latent.device)
+    rope_dim = q_rope.shape[2]
+    splits = config.num_splits
     if splits > 1:
         partial = torch.empty((batch, heads, splits, rank), dtype=torch.float32, device=q_latent.device)
         lse = torch.empty((batch, heads, splits), dtype=torch.float32, device=q_latent.device)
@@ -254,22 +298,37 @@ def _launch(q_latent, q_rope, latent_cache, rope_cache, cache_lengths, sm_scale,
     else:  # one split: the kernel writes the normalised output directly, no merge
         partial, lse = out, out
         o_strides, l_strides = (*out.stride()[:2], 0, out.stride(2)), (0, 0, 0)
+    decode = dispatch.Launch(
+        _mla_decode_kernel, (cdiv(heads, config.block_h), batch, splits),
+        (q_latent, q_rope, latent_cache, rope_cache, lengths, partial, lse,
+         heads, config.tokens_per_split, sm_scale * LOG2E,
+         *q_latent.stride(), *q_rope.stride(), *latent_cache.stride(), *rope_cache.stride(),
+         *o_strides, *l_strides),
+        dict(RANK=rank, RANK_PAD=config.rank_pad, ROPE=rope_dim, ROPE_PAD=config.rope_pad,
+             BLOCK_H=config.block_h, BLOCK_T=config.block_t, SPLIT=splits > 1,
+             # fp32 inputs: exact products ("ieee"), not TF32's 10-bit mantissa, so fp32 means fp32.
+             DOT_PRECISION="ieee" if q_latent.dtype == torch.float32 else "tf32",
+             DOT_DTYPE=dispatch.dot_dtype(q_latent.dtype, backend),
+             num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=True))
+    if splits == 1:
+        return [decode]
+    merge = dispatch.Launch(
+        _mla_merge_kernel, (heads, batch),
+        (partial, lse, out, splits, *partial.stride(), *lse.stride(), *out.stride()),
+        dict(RANK=rank, RANK_PAD=config.rank_pad, SPLITS_PAD=next_power_of_2(splits), num_warps=4,
+             enable_fp_fusion=True))
+    return [decode, merge]
+
+
+def _launch(q_latent, q_rope, latent_cache, rope_cache, cache_lengths, sm_scale, num_splits, run):
+    batch, heads, rank = q_latent.shape
+    target = dispatch.INTERPRETER if run.backend == dispatch.INTERPRETER else gpu_of(q_latent.device)
+    config = mla_decode_launch_config(batch, heads, rank, q_rope.shape[2], latent_cache.shape[1], q_latent.dtype,
+                                      target, num_splits)
+    out = torch.empty((batch, heads, rank), dtype=q_latent.dtype, device=q_latent.device)
     lengths = cache_lengths.to(torch.int32).contiguous()
-    grid = (triton.cdiv(heads, block_h), batch, splits)
-    dispatch.launcher(_mla_decode_kernel, run)[grid](
-        q_latent, q_rope, latent_cache, rope_cache, lengths, partial, lse,
-        heads, tokens_per_split, sm_scale * LOG2E,
-        *q_latent.stride(), *q_rope.stride(), *latent_cache.stride(), *rope_cache.stride(),
-        *o_strides, *l_strides,
-        RANK=rank, RANK_PAD=rank_pad, ROPE=rope_dim, ROPE_PAD=rope_pad,
-        BLOCK_H=block_h, BLOCK_T=block_t, SPLIT=splits > 1, DOT_DTYPE=dispatch.dot_dtype(q_latent.dtype, run),
-        num_warps=num_warps,
-    )
-    if splits > 1:
-        dispatch.launcher(_mla_merge_kernel, run)[(heads, batch)](
-            partial, lse, out, splits, *partial.stride(), *lse.stride(), *out.stride(),
-            RANK=rank, RANK_PAD=rank_pad, SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4,
-        )
+    dispatch.run_launches(_plan_launches(q_latent, q_rope, latent_cache, rope_cache, lengths, out, sm_scale, config,
+                                         run.backend), run)
     return out
 
 
@@ -302,7 +361,7 @@ def mla_decode(q_latent: torch.Tensor, q_rope: torch.Tensor, latent_cache: torch
     run = dispatch.select_backend("mla_decode", q_latent.device, work, backend)
     if run.backend != dispatch.TORCH_FALLBACK and torch.is_grad_enabled() and any(
             t.requires_grad for t in (q_latent, q_rope, latent_cache, rope_cache)):
-        run = dispatch._record(dispatch.KernelRun(
+        run = dispatch.record(dispatch.KernelRun(
             "mla_decode", dispatch.TORCH_FALLBACK, run.device, run.work,
             "inputs require grad and the kernel is forward-only; ran the differentiable torch reference"))
     if run.backend == dispatch.TORCH_FALLBACK or batch == 0 or heads == 0:

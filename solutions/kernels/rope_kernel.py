@@ -36,18 +36,20 @@ Two forms of cos/sin, one kernel (the ``PER_TOKEN`` flag):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..rope import apply_rope
 from . import dispatch
+from ._common import cdiv, check_float_tensor, check_integer_vector, describe, next_power_of_2
+from .devices import GPU, gpu_of
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # no Triton wheel for this platform: the dispatcher runs `rope_reference`
     from ._no_triton import tl, triton
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 TOLERANCES = {
     # Both sides compute in fp32 and round once to the output dtype, so they differ by at most a rounding of
@@ -126,32 +128,71 @@ def _rope_kernel(
         tl.store(o_tok + dims[None, :] * stride_od, tail.to(OUT.dtype.element_ty), mask=rest_mask)
 
 
-def _launch(x: torch.Tensor, cos, sin, offsets, offset_int: int, interleaved: bool, backward: bool,
-            run: dispatch.KernelRun) -> torch.Tensor:
-    # x: [batch, seq, heads, head_dim]; cos/sin: [max_pos, half] (a position cache) or [batch, seq, half] (one
-    # row per token), with unit stride along the pairs and the same strides for cos and sin (`_table_operands`).
+@dataclass(frozen=True)
+class RopeConfig:
+    """How `rope` launches its kernel: ``HALF_PAD`` pairs and ``PASS_PAD`` copied dims per head, ``BLOCK_H``
+    heads per program, and the warps."""
+
+    half_pad: int
+    pass_pad: int
+    block_h: int
+    num_warps: int
+
+
+def rope_launch_config(heads: int, head_dim: int, rotary_dim: int, target: GPU | str) -> RopeConfig:
+    """The launch configuration `rope` uses for ``heads`` heads of ``head_dim`` dims, the first ``rotary_dim``
+    rotated, on ``target`` (a `solutions.kernels.devices.GPU` or ``"interpreter"``).
+
+    A pure function (no GPU needed; ``tests/test_kernels_compile.py`` compiles its configurations for sm_80 and
+    sm_90). One program rotates one token's block of heads, ``BLOCK_H * HALF_PAD`` pairs: up to 2048 pairs
+    (4096 elements, 8 KB in bf16) keeps enough bytes in flight per program on a GPU while the grid
+    (``batch * seq`` tokens) stays large, and puts all heads of a token in one program in the usual case
+    (32 heads of 128 dims), so that the token's cos/sin row is loaded once. 4 warps: 128 threads share the
+    block's 2048 pairs, 16 pairs each. The kernel has no loop, so there is nothing to pipeline and it uses no
+    shared memory. The interpreter uses the same blocks, which the tests exercise with padded heads and pairs.
+    """
+    if not (0 < rotary_dim <= head_dim and rotary_dim % 2 == 0 and heads >= 1):
+        raise ValueError(f"need heads >= 1 and an even 0 < rotary_dim <= head_dim; got heads {heads}, "
+                         f"rotary_dim {rotary_dim}, head_dim {head_dim}")
+    if target != dispatch.INTERPRETER and not isinstance(target, GPU):
+        raise ValueError(f"target must be a solutions.kernels.devices.GPU or 'interpreter'; got {target!r}")
+    half_pad = next_power_of_2(rotary_dim // 2)
+    block_h = min(next_power_of_2(heads), max(1, 2048 // half_pad))
+    return RopeConfig(half_pad, next_power_of_2(max(head_dim - rotary_dim, 1)), block_h, 4)
+
+
+def _plan_launches(x: torch.Tensor, out: torch.Tensor, cos, sin, offsets, offset_int: int, interleaved: bool,
+                   backward: bool, config: RopeConfig) -> list[dispatch.Launch]:
+    """The one launch that rotates ``x`` into ``out`` (see `dispatch.Launch`); no data is read.
+
+    x: [batch, seq, heads, head_dim]; cos/sin: [max_pos, half] (a position cache) or [batch, seq, half] (one
+    row per token), with unit stride along the pairs and the same strides for cos and sin (`_table_operands`).
+    """
     batch, seq, heads, head_dim = x.shape
     per_token = cos.dim() == 3
     half = cos.shape[-1]
-    out = torch.empty((batch, seq, heads, head_dim), dtype=x.dtype, device=x.device)
-    half_pad = triton.next_power_of_2(half)
-    pass_dims = head_dim - 2 * half
-    # A program moves BLOCK_H * head_dim elements; ~4K elements (8 KB in bf16) keeps enough bytes in flight
-    # per program on a GPU while the grid (batch * seq rows) stays large. All heads of a token in one
-    # program when they fit (the usual case: 32 heads * 128 dims).
-    block_h = min(triton.next_power_of_2(heads), max(1, 4096 // (2 * half_pad)))
-    grid = (batch * seq, triton.cdiv(heads, block_h))
-    dispatch.launcher(_rope_kernel, run)[grid](
-        x, out, cos, sin, offsets if offsets is not None else cos,  # the pointer is unused without offsets
-        seq, heads, offset_int,
-        *x.stride(), *out.stride(),
-        cos.stride(0) if per_token else 0, cos.stride(-2),  # (batch, row) strides; no batch stride for a cache
-        HALF=half, HALF_PAD=half_pad,
-        PASS=pass_dims, PASS_PAD=triton.next_power_of_2(max(pass_dims, 1)),
-        BLOCK_H=block_h,
+    grid = (batch * seq, cdiv(heads, config.block_h))
+    args = (x, out, cos, sin, offsets if offsets is not None else cos,  # the pointer is unused without offsets
+            seq, heads, offset_int,
+            *x.stride(), *out.stride(),
+            cos.stride(0) if per_token else 0, cos.stride(-2))  # (batch, row) strides; no batch stride for a cache
+    kwargs = dict(
+        HALF=half, HALF_PAD=config.half_pad, PASS=head_dim - 2 * half, PASS_PAD=config.pass_pad,
+        BLOCK_H=config.block_h,
         INTERLEAVED=interleaved, HAS_OFFSETS=offsets is not None, BACKWARD=backward, PER_TOKEN=per_token,
-        num_warps=4,
+        num_warps=config.num_warps,
+        enable_fp_fusion=True,  # Triton 3.x's default, stated so that the compiled code does not change with it
     )
+    return [dispatch.Launch(_rope_kernel, grid, args, kwargs)]
+
+
+def _launch(x: torch.Tensor, cos, sin, offsets, offset_int: int, interleaved: bool, backward: bool,
+            run: dispatch.KernelRun) -> torch.Tensor:
+    batch, seq, heads, head_dim = x.shape
+    out = torch.empty((batch, seq, heads, head_dim), dtype=x.dtype, device=x.device)
+    target = dispatch.INTERPRETER if run.backend == dispatch.INTERPRETER else gpu_of(x.device)
+    config = rope_launch_config(heads, head_dim, 2 * cos.shape[-1], target)
+    dispatch.run_launches(_plan_launches(x, out, cos, sin, offsets, offset_int, interleaved, backward, config), run)
     return out
 
 
@@ -166,8 +207,8 @@ class _RopeFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         cos, sin, offsets = ctx.saved_tensors
         fwd = ctx.run
-        run = dispatch._record(dispatch.KernelRun("rope_backward", fwd.backend, fwd.device, fwd.work,
-                                                  "same path as the forward; the rotation by -theta"))
+        run = dispatch.record(dispatch.KernelRun("rope_backward", fwd.backend, fwd.device, fwd.work,
+                                                 "same path as the forward; the rotation by -theta"))
         grad_x = _launch(grad_out, cos, sin, offsets, ctx.offset_int, ctx.interleaved, True, run)
         return grad_x, None, None, None, None, None, None
 
@@ -187,14 +228,9 @@ def _table_operands(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor,
 
 def _check(x, cos, sin, position_offset):
     """Every ValueError before any launch; returns (offsets tensor or None, int offset)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a 4-D tensor [batch, seq, heads, head_dim]; got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"x must be float32, float16 or bfloat16; got {x.dtype}")
+    check_float_tensor("x", x, 4, "[batch, seq, heads, head_dim]")
     if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor) or cos.shape != sin.shape:
-        raise ValueError(f"cos and sin must be tensors of the same shape; got "
-                         f"{getattr(cos, 'shape', cos)} and {getattr(sin, 'shape', sin)}")
+        raise ValueError(f"cos and sin must be tensors of the same shape; got {describe(cos)} and {describe(sin)}")
     if cos.dim() not in (2, 3):
         raise ValueError(f"cos/sin must be the 2-D cache [max_pos, rotary_dim // 2] (rows are positions; "
                          f"`rope` gathers the rows itself) or 3-D rows per token [batch, seq, rotary_dim // 2]; "
@@ -224,14 +260,7 @@ def _check(x, cos, sin, position_offset):
         return None, 0
     max_pos = cos.shape[0]
     if isinstance(position_offset, torch.Tensor):
-        if position_offset.dtype.is_floating_point or position_offset.dtype == torch.bool \
-                or position_offset.is_complex():
-            raise ValueError(f"position_offset must be an integer tensor; got dtype {position_offset.dtype}")
-        if position_offset.shape != (batch,):
-            raise ValueError(f"position_offset must be an int or a [batch] = [{batch}] tensor; got shape "
-                             f"{tuple(position_offset.shape)}")
-        if position_offset.device != x.device:
-            raise ValueError(f"position_offset is on {position_offset.device} but x is on {x.device}")
+        check_integer_vector("position_offset", position_offset, batch, x.device, "[batch]")
         offsets = position_offset.to(torch.int64).contiguous()
         low, high = (int(offsets.min()), int(offsets.max())) if batch else (0, 0)  # one sync, before launch
         offset_int = 0
