@@ -22,6 +22,7 @@ beyond the standard library and a Chromium binary. Run it on a built book::
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import functools
@@ -236,8 +237,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def visit(browser: Chromium, url: str, width: int, height: int, dark: bool, timeout=60.0) -> dict:
-    """Load ``url`` in a fresh tab at ``width`` x ``height`` and return the page probe plus the events."""
+def visit(browser: Chromium, url: str, width: int, height: int, dark: bool, timeout=60.0,
+          screenshot: pathlib.Path | None = None) -> dict:
+    """Load ``url`` in a fresh tab at ``width`` x ``height`` and return the page probe plus the events.
+
+    With ``screenshot``, also save a PNG of the window scrolled to the page's first figure.
+    """
     # A fresh browser context per visit: no stored theme mode or cache carries over from the last page.
     context = browser.send("Target.createBrowserContext")["browserContextId"]
     target = browser.send("Target.createTarget", {"url": "about:blank", "browserContextId": context})["targetId"]
@@ -263,6 +268,12 @@ def visit(browser: Chromium, url: str, width: int, height: int, dark: bool, time
         wait_for_quiet_network(browser, session, start, deadline)
         page = probe["result"]["value"]
         page.update(problems_from_events(browser.session_events(session, start)))
+        if screenshot is not None:
+            browser.send("Runtime.evaluate", {"expression": "document.querySelector('.bd-article .cell_output img')"
+                                              "?.scrollIntoView({block: 'center'})"}, session=session)
+            time.sleep(0.3)
+            image = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+            screenshot.write_bytes(base64.b64decode(image))
         return page
     finally:
         browser.send("Target.closeTarget", {"targetId": target})
@@ -345,8 +356,12 @@ def measure_figures(page: dict, site_root: pathlib.Path, base_url: str) -> list[
 
 
 def check_site(site_root: pathlib.Path, pages: list[str], binary: str | None = None,
-               windows=((DESKTOP, False), (PHONE, False), (DESKTOP, True))) -> list[dict]:
-    """Visit each page in each window (size, dark) and return one report per visit."""
+               windows=((DESKTOP, False), (PHONE, False), (DESKTOP, True)),
+               screenshots: pathlib.Path | None = None) -> list[dict]:
+    """Visit each page in each window (size, dark) and return one report per visit.
+
+    With ``screenshots``, a folder, each visit also saves ``<page>-<width>[-dark].png`` there.
+    """
     binary = binary or find_chromium()
     if binary is None:
         raise FileNotFoundError("no Chromium binary found (apt-get install chromium, or set $CHROMIUM)")
@@ -357,7 +372,11 @@ def check_site(site_root: pathlib.Path, pages: list[str], binary: str | None = N
         try:
             for page_path in pages:
                 for (width, height), dark in windows:
-                    page = visit(browser, base_url + page_path, width, height, dark)
+                    shot = None
+                    if screenshots is not None:
+                        name = f"{page_path.replace('/', '_').removesuffix('.html')}-{width}{'-dark' if dark else ''}"
+                        shot = pathlib.Path(screenshots) / f"{name}.png"
+                    page = visit(browser, base_url + page_path, width, height, dark, screenshot=shot)
                     page["figures"] = measure_figures(page, site_root, base_url)
                     del page["images"]
                     page.update(page=page_path, window=f"{width}x{height}", dark=dark)
@@ -421,8 +440,11 @@ def main(argv=None) -> int:
     parser.add_argument("site", type=pathlib.Path, help="the built book, e.g. _build/html")
     parser.add_argument("pages", nargs="+", help="pages relative to the site, e.g. book/intro.html")
     parser.add_argument("--json", type=pathlib.Path, help="also write the full reports here")
+    parser.add_argument("--screenshots", type=pathlib.Path, help="a folder for a screenshot of each visit")
     args = parser.parse_args(argv)
-    reports = check_site(args.site, args.pages)
+    if args.screenshots:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
+    reports = check_site(args.site, args.pages, screenshots=args.screenshots)
     problems = []
     for report in reports:
         print(summary(report))
