@@ -363,6 +363,8 @@ def check_site(site_root: pathlib.Path, pages: list[str], binary: str | None = N
     With ``screenshots``, a folder, each visit also saves ``<page>-<width>[-dark].png`` there.
     """
     binary = binary or find_chromium()
+    if screenshots is not None:
+        pathlib.Path(screenshots).mkdir(parents=True, exist_ok=True)
     if binary is None:
         raise FileNotFoundError("no Chromium binary found (apt-get install chromium, or set $CHROMIUM)")
     site_root = pathlib.Path(site_root).resolve()
@@ -442,8 +444,6 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=pathlib.Path, help="also write the full reports here")
     parser.add_argument("--screenshots", type=pathlib.Path, help="a folder for a screenshot of each visit")
     args = parser.parse_args(argv)
-    if args.screenshots:
-        args.screenshots.mkdir(parents=True, exist_ok=True)
     reports = check_site(args.site, args.pages, screenshots=args.screenshots)
     problems = []
     for report in reports:

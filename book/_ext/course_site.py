@@ -4,7 +4,8 @@ Loaded from ``_config.yml`` (``sphinx.local_extensions``). It
 
 * turns on the repository button and the Colab and Binder launch buttons when ``repository.url`` is set in
   ``_config.yml``, and leaves them off while it is empty (jupyter-book refuses the buttons without a URL);
-  the same URL fills the ``{{ course_repository }}`` substitution that the intro and the exercises page use;
+  the same URL fills the ``{{ course_repository }}`` substitution (a noun phrase: "the course repository,
+  <URL>") that the intro and the exercises page use;
 * serves each chapter's notebook for download *with its outputs*: the download button points at
   ``_sources/<page>.ipynb``, which Sphinx fills with the stored notebook (no outputs); after the build this
   copies over it the notebook that myst-nb executed (``_build/jupyter_execute``);
@@ -41,11 +42,11 @@ def repository_links(app: Sphinx, config) -> None:
         # Colab and Binder open a notebook from a GitHub repository; elsewhere only the repository link works.
         launch["colab_url"] = COLAB_URL if on_github else ""
         launch["binderhub_url"] = BINDER_URL if on_github else ""
-        link = f"[{url}]({url})"
+        link = f"the course repository, [{url}]({url})"
     else:
         theme_options["use_repository_button"] = False
         launch["colab_url"] = launch["binderhub_url"] = ""
-        link = "the course repository (your instructor gives its address)"
+        link = "the course repository (ask your instructor where it is published)"
     theme_options["launch_buttons"] = launch
     config.myst_substitutions = {**(config.myst_substitutions or {}), "course_repository": link}
 
