@@ -81,9 +81,10 @@ PAGE_PROBE = r"""
 
 
 def find_chromium() -> str | None:
-    """The Chromium binary to use: ``$CHROMIUM`` if set, else the first of the usual names on ``PATH``."""
+    """The Chromium binary to use: ``$CHROMIUM`` if set (``None`` when that is not a program), else the first
+    of the usual names on ``PATH``."""
     if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"]
+        return shutil.which(os.environ["CHROMIUM"])
     for name in CHROMIUM_NAMES:
         if path := shutil.which(name):
             return path

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import types
+import warnings
 
 import nbformat
 import pytest
@@ -48,9 +49,15 @@ def load_module(name: str, path: pathlib.Path) -> types.ModuleType:
 chapter_setup = load_module("chapter_setup", ROOT / "book" / "_ext" / "chapter_setup.py")
 course_site = load_module("course_site", ROOT / "book" / "_ext" / "course_site.py")
 CHROMIUM = browser_check.find_chromium()
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary: the browser check is skipped (apt-get install chromium, "
-                             "see README, or set $CHROMIUM)")
+NO_CHROMIUM = ("no Chromium binary: the browser check is skipped (apt-get install chromium, see README, "
+               "or set $CHROMIUM)")
+
+
+def require_chromium():
+    """Skip without Chromium, and say so in the warnings summary, which pytest prints without ``-rs``."""
+    if CHROMIUM is None:
+        warnings.warn(NO_CHROMIUM, pytest.PytestWarning, stacklevel=2)
+        pytest.skip(NO_CHROMIUM)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,8 +286,8 @@ def test_the_chapter_downloads_with_its_outputs(tiny_book):
     assert "_sources/book/chapter.ipynb" in page, "the page offers no notebook download"
 
 
-@needs_chromium
 def test_a_reader_without_network_sees_the_small_book_whole(tiny_book):
+    require_chromium()
     reports = browser_check.check_site(tiny_book, ["book/intro.html", "book/chapter.html"], CHROMIUM)
     print("\n".join(browser_check.summary(report) for report in reports))
     problems = [problem for report in reports for problem in browser_check.failures(report)]
@@ -292,10 +299,10 @@ def test_a_reader_without_network_sees_the_small_book_whole(tiny_book):
     assert figure["shown_fraction"] < 0.8 and figure["smallest_label_px"] >= browser_check.MIN_LABEL_PX, figure
 
 
-@needs_chromium
 @pytest.mark.skipif(not BUILT_BOOK.is_dir(), reason="the book is not built here (_build/html); README's first "
                                                     "command builds it")
 def test_a_reader_without_network_sees_the_built_book_whole():
+    require_chromium()
     pages = [page for page in BOOK_PAGES if (BUILT_BOOK / page).is_file()]
     reports = browser_check.check_site(BUILT_BOOK, pages, CHROMIUM)
     print("\n".join(browser_check.summary(report) for report in reports))
