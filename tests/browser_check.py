@@ -333,7 +333,7 @@ def problems_from_events(events: list[dict]) -> dict:
             "failed_requests": sorted(set(failed)), "external_requests": sorted(set(external))}
 
 
-def measure_figures(page: dict, site_root: pathlib.Path, base_url: str) -> list[dict]:
+def measure_figures(page: dict, site_root: pathlib.Path) -> list[dict]:
     """Each figure of a probed page: its file, whether it loaded and links to itself, its smallest label."""
     figures = []
     for image in page["images"]:
@@ -380,7 +380,7 @@ def check_site(site_root: pathlib.Path, pages: list[str], binary: str | None = N
                         name = f"{page_path.replace('/', '_').removesuffix('.html')}-{width}{'-dark' if dark else ''}"
                         shot = pathlib.Path(screenshots) / f"{name}.png"
                     page = visit(browser, base_url + page_path, width, height, dark, screenshot=shot)
-                    page["figures"] = measure_figures(page, site_root, base_url)
+                    page["figures"] = measure_figures(page, site_root)
                     del page["images"]
                     page.update(page=page_path, window=f"{width}x{height}", dark=dark)
                     reports.append(page)

@@ -143,6 +143,27 @@ def test_the_repository_url_is_set_in_one_place():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The browser check's label measurement
+
+
+def test_label_sizes_are_read_from_a_matplotlib_svg(tmp_path):
+    from matplotlib.figure import Figure  # no pyplot: the suite's backend stays as it is
+
+    figure = Figure(figsize=(4, 3))
+    axes = figure.subplots()
+    axes.plot([0, 1], label="a line")
+    axes.legend(fontsize=7)
+    axes.tick_params(labelsize=8)
+    axes.set_title(r"$x^2_i$ at twelve points", fontsize=12)  # a superscript counts at the title's size
+    path = tmp_path / "figure.svg"
+    figure.savefig(path, format="svg", bbox_inches="tight")
+    width_pt, sizes = browser_check.svg_label_sizes(path)
+    assert 200 < width_pt < 4 * 72 + 20
+    assert min(sizes) == pytest.approx(7) and max(sizes) == pytest.approx(12)
+    assert sorted(set(round(size, 3) for size in sizes)) == [7, 8, 12]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # A small book built with the real configuration
 
 TINY_INTRO = r"""# A small book
