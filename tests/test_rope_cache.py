@@ -63,12 +63,13 @@ def test_yarn_tables_match_the_formula():
     dim, base, s, train = 16, 500000.0, 4.0, 32
     cache = RopeCache(dim=dim, base=base, method="yarn", factor=s, original_max_position_embeddings=train)
     cos, sin = cache.cos_sin(torch.arange(100), dtype=torch.float64)
-    # YaRN's attention factor sqrt(1/t) = 0.1 ln s + 1 (Peng et al. 2023, eq. 22), folded into cos: at position 0
+    # YaRN's attention factor sqrt(1/t) = 0.1 ln s + 1 (Peng et al. 2024, eq. 22), folded into cos: at position 0
     # cos = 1, so the table holds the factor itself.
     attention_factor = 0.1 * math.log(s) + 1.0
     assert math.isclose(cos[0, 0].item(), attention_factor, rel_tol=1e-12)
-    # The ramp's ends in dimension index (YaRN eq. 19 with beta_fast 32, beta_slow 1): pairs below `low` keep
-    # theta_i, pairs from `high` on are divided by s. Here low = 0 and high = 1, so pair 0 keeps theta_0 = 1.
+    # The released ramp's ends in dimension index solve L / lambda_d = beta with lambda_d = 2 pi base^(2d/dim)
+    # (YaRN eq. 13 and 16), for beta_fast = 32 and beta_slow = 1: pairs below `low` keep theta_i, pairs from
+    # `high` on are divided by s. Here low = 0 and high = 1, so pair 0 keeps theta_0 = 1 and the rest are divided.
     def correction_dim(rotations):
         return dim * math.log(train / (rotations * 2 * math.pi)) / (2 * math.log(base))
     low, high = max(math.floor(correction_dim(32.0)), 0), math.ceil(correction_dim(1.0))
