@@ -20,12 +20,12 @@ The sum is scaled by 1/sqrt(3d) (eq. 4's H_o), not 1/sqrt(d): three uncorrelated
 to 3d.
 
 Every index convention follows the released code (microsoft/DeBERTa ``disentangled_attention.py``, ``da_utils.py``;
-Hugging Face ``modeling_deberta_v2.py``), which differs from the paper's notation in one place: the
+Hugging Face ``modeling_deberta_v2.py``) for self-attention (`disentangled_score_terms` says what happens for
+queries and keys of different lengths). The released code differs from the paper's notation in one place: the
 position-to-content term is gathered at ``clamp(i - j + k, 0, 2k - 1)``, the same index as content-to-position,
-where eq. 4 writes delta(j, i) = clamp(j - i + k). The two are reflections of each other on a learned table (up to
-one offset at each edge of the clamp), so a model can learn either; but a checkpoint works only with the one it
-was trained with. The book's DeBERTa chapter
-sets the two side by side.
+where eq. 4 writes delta(j, i) = clamp(j - i + k). On a reflected table the two give the same values for every
+pair with |i - j| < k; farther out the two clamps saturate at different rows. A model can learn either, but a
+checkpoint works only with the one it was trained with. The book's DeBERTa chapter sets the two side by side.
 
 DeBERTa-v2/v3 (He, Gao, Chen, "DeBERTaV3", arXiv 2111.09543, whose released models are of model type deberta-v2) replaces the linear range
 of offsets by log buckets (`deberta_log_bucket_position`) and scales by ``1/sqrt(d * scale_factor)`` with
@@ -39,17 +39,10 @@ from typing import Iterable
 
 import torch
 
-from ._checks import require_positive_int
+from ._checks import require_integer_tensor, require_positive_int
 
 POSITION_TERMS = ("c2p", "p2c", "p2p")
 """The position terms the released code's ``pos_att_type`` may name (``"p2c|c2p"`` in the released configs)."""
-
-
-def _require_integer_tensor(relative_pos: torch.Tensor, what: str = "relative_pos") -> None:
-    if not isinstance(relative_pos, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor; got {type(relative_pos).__name__}")
-    if relative_pos.dtype.is_floating_point or relative_pos.dtype.is_complex or relative_pos.dtype == torch.bool:
-        raise ValueError(f"{what} must be an integer tensor; got dtype {relative_pos.dtype}")
 
 
 def deberta_log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, max_position: int) -> torch.Tensor:
@@ -68,9 +61,10 @@ def deberta_log_bucket_position(relative_pos: torch.Tensor, bucket_size: int, ma
     keep growing logarithmically beyond ``2 * mid - 1``; the clamp of the attention's index
     (`deberta_position_index`) saturates them. (microsoft/DeBERTa's 2023 rewrite clamps the offset to
     ``±(max_position - 1)`` first; the two agree wherever ``|r| < max_position``.) The logarithm is taken in
-    float32, as the released torch code does.
+    float32, as Hugging Face's port and the 2023 rewrite do (the 2021 release used numpy float64);
+    tests/test_deberta.py checks that the two give the same bucket on every offset the grader uses.
     """
-    _require_integer_tensor(relative_pos)
+    require_integer_tensor(relative_pos, "relative_pos")
     require_positive_int(bucket_size, "bucket_size")
     require_positive_int(max_position, "max_position")
     mid = bucket_size // 2
@@ -95,11 +89,17 @@ def deberta_relative_positions(
     The released ``build_relative_position``: query i sits at position i and key j at position j (both count from
     0, as in an encoder's self-attention), and entry (i, j) is ``i - j``: the *opposite* sign of T5's
     ``key_pos - query_pos`` (`solutions.t5.relative_positions`). With ``bucket_size > 0`` and ``max_position > 0``
-    the offsets go through `deberta_log_bucket_position` (DeBERTa-v2/v3); otherwise they are returned as they are
-    (DeBERTa v1, He et al. 2021, section 3.1).
+    the offsets go through `deberta_log_bucket_position` (DeBERTa-v2/v3); with neither they are returned as they
+    are (DeBERTa v1, He et al. 2021, section 3.1). One without the other is an error: the released code would
+    silently skip the buckets, and a v2/v3 model would then read the wrong rows.
     """
     require_positive_int(query_length, "query_length")
     require_positive_int(key_length, "key_length")
+    if (bucket_size > 0) != (max_position > 0):
+        raise ValueError(
+            "give both bucket_size and max_position (DeBERTa-v2/v3 log buckets) or neither (v1 offsets); got "
+            f"bucket_size={bucket_size}, max_position={max_position}"
+        )
     offsets = torch.arange(query_length, device=device)[:, None] - torch.arange(key_length, device=device)[None, :]
     if bucket_size > 0 and max_position > 0:
         offsets = deberta_log_bucket_position(offsets, bucket_size, max_position)
@@ -113,7 +113,7 @@ def deberta_position_index(relative_pos: torch.Tensor, span: int) -> torch.Tenso
     ``min(max(q_len, k_len), max_relative_positions)`` in v1. Row ``span`` holds offset 0; offsets at or below
     ``-span`` share row 0 and offsets at or above ``span - 1`` share row ``2 * span - 1``.
     """
-    _require_integer_tensor(relative_pos)
+    require_integer_tensor(relative_pos, "relative_pos")
     require_positive_int(span, "span")
     return (relative_pos.long() + span).clamp(0, 2 * span - 1)
 
@@ -154,7 +154,7 @@ def _check_score_inputs(query_content, key_content, position_query, position_key
     if position_query.shape != position_key.shape:
         raise ValueError(f"position_query and position_key must have the same shape; got "
                          f"{tuple(position_query.shape)} and {tuple(position_key.shape)}")
-    _require_integer_tensor(relative_pos)
+    require_integer_tensor(relative_pos, "relative_pos")
     if relative_pos.shape != (q_len, key_content.shape[2]):
         raise ValueError(f"relative_pos must be [q_len, k_len] = {(q_len, key_content.shape[2])}; "
                          f"got {tuple(relative_pos.shape)}")
@@ -181,6 +181,13 @@ def disentangled_score_terms(
     * position-to-content ``p2c[i, j] = K^c_j . Q^r[delta[i, j]]``: one ``[2k, k_len]`` matmul, then a gather
       along the row axis. This is the released code's index; eq. 4 writes ``Q^r_{delta(j, i)}``, the row
       ``clamp(j - i + k)``: the reflected table.
+
+    For self-attention (``q_len == k_len``, both counted from 0) this is the released computation. For
+    ``q_len != k_len`` the released code (microsoft/DeBERTa ``disentangled_attention.py``) builds a
+    ``[k_len, k_len]`` index for position-to-content and then picks query rows by each query's offset to key 0;
+    here the rule ``delta = clamp(i - j + k)`` is applied to the given ``[q_len, k_len]`` matrix directly. The two
+    agree when the queries sit at positions 0 .. q_len - 1 with ``q_len <= k_len`` and the offsets are not
+    bucketed; for ``q_len > k_len`` the released index would run past its ``k_len`` rows.
     """
     span = _check_score_inputs(query_content, key_content, position_query, position_key, relative_pos)
     batch, heads, q_len, _ = query_content.shape
@@ -212,7 +219,7 @@ def disentangled_attention_scores(
     released config names ``"p2c|c2p"``. No mask is applied: padding is the caller's.
     """
     terms = _position_terms(pos_att_type)
-    factor = 1 + len(terms)
+    factor = deberta_scale_factor(terms)
     c2c, c2p, p2c = disentangled_score_terms(query_content, key_content, position_query, position_key, relative_pos)
     scores = c2c
     if "c2p" in terms:

@@ -26,21 +26,19 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import require_positive_int
+from ._checks import require_integer_tensor, require_positive_int
 from .rope import apply_rope, rope_cos_sin
-from .rope_scaling import RotaryEmbedding, rope_scaling
+from .rope_scaling import RotaryEmbedding
 
-# Methods whose frequencies depend on the current sequence length (the same list `RotaryEmbedding` keeps).
-LENGTH_DEPENDENT_METHODS = RotaryEmbedding.LENGTH_DEPENDENT
+# Why integer positions matter, appended to the error for float ones.
+_FLOAT_POSITIONS_HINT = (
+    ". Float positions are not exact past 2^11 in float16, 2^8 in bfloat16 and 2^24 in float32, and neighbouring "
+    "positions then share one angle"
+)
 
 
 def _require_integer_positions(positions: torch.Tensor) -> None:
-    if positions.dtype.is_floating_point or positions.dtype.is_complex or positions.dtype == torch.bool:
-        raise ValueError(
-            f"positions must be an integer tensor; got dtype {positions.dtype}. Float positions are not exact "
-            f"past 2^11 in float16, 2^8 in bfloat16 and 2^24 in float32, and neighbouring positions then share "
-            f"one angle"
-        )
+    require_integer_tensor(positions, "positions", _FLOAT_POSITIONS_HINT)
     if positions.numel() and int(positions.min()) < 0:
         raise ValueError(f"positions must be non-negative; got a minimum of {int(positions.min())}")
 
@@ -56,7 +54,8 @@ class RopeCache:
     ``positions.shape + (dim // 2,)`` for `solutions.rope.apply_rope`. The bookkeeping is public so that a
     caller (and the course's tests) can see what the cache did: ``capacity``, ``builds`` (how many tables
     have been computed), ``frequency_version`` (how many times length-dependent frequencies changed),
-    ``inv_freq`` and ``attention_factor`` (the current ones).
+    ``inv_freq`` and ``attention_factor`` (the current ones, held by the ``rotary_embedding`` it wraps) and
+    ``table_keys`` (the (dtype, device) pairs that hold a table).
     """
 
     def __init__(
@@ -69,44 +68,49 @@ class RopeCache:
         initial_capacity: int | None = None,
         **params,
     ):
-        self.dim, self.base, self.method, self.factor = dim, base, method, factor
-        self.original_max_position_embeddings, self.params = original_max_position_embeddings, params
+        # The frequencies and their length rule live in RotaryEmbedding (one source of truth); building it first
+        # validates every scaling argument, the training length included, before the cache's own ones.
+        self.rotary_embedding = RotaryEmbedding(dim, base, method, factor, original_max_position_embeddings, **params)
+        self.dim, self.method = dim, method
+        self.original_max_position_embeddings = original_max_position_embeddings
         capacity = original_max_position_embeddings if initial_capacity is None else initial_capacity
         require_positive_int(capacity, "initial_capacity")
         self.capacity = capacity
-        # The frequencies of plain lengths (up to the training length) are computed once, up front; this also
-        # validates every argument before the first call.
-        self.frequencies_for_length = original_max_position_embeddings
-        self.inv_freq, self.attention_factor = self._scaling(self.frequencies_for_length)
         self.frequency_version = 0
         self.builds = 0
         self._tables: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _scaling(self, length: int) -> tuple[torch.Tensor, float]:
-        return rope_scaling(
-            self.method, self.dim, self.base, self.factor, self.original_max_position_embeddings,
-            length if self.method in LENGTH_DEPENDENT_METHODS else None, **self.params,
-        )
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        """The current frequencies (float32), those of `RotaryEmbedding` at the current length."""
+        return self.rotary_embedding.inv_freq
+
+    @property
+    def attention_factor(self) -> float:
+        """The current attention factor folded into cos and sin (YaRN's; 1 for most methods)."""
+        return self.rotary_embedding.attention_factor
+
+    @property
+    def table_keys(self) -> list[tuple[torch.dtype, torch.device]]:
+        """The (dtype, device) pairs that currently hold a built table."""
+        return list(self._tables)
 
     def update_length(self, seq_len: int) -> bool:
         """Set the current sequence length; return True when that changed the frequencies.
 
-        Only the length-dependent methods (``dynamic``, ``longrope``) react: up to the training length they
-        use plain frequencies, and past it those of ``seq_len`` itself, as `RotaryEmbedding` does. A change
-        empties every table (they are rebuilt on the next call) and increases ``frequency_version``; keys
-        already cached by the caller need `rerotate_keys`.
+        Only the length-dependent methods (``dynamic``, ``longrope``) react: up to the training length they use
+        their short-length frequencies (plain RoPE for ``dynamic``, the short factors for ``longrope``), and past
+        it those of ``seq_len`` itself; the rule is `RotaryEmbedding.update_length`'s. A change empties every
+        table (they are rebuilt on the next call) and increases ``frequency_version``; keys already cached by the
+        caller need `rerotate_keys`.
         """
         require_positive_int(seq_len, "seq_len")
-        if self.method not in LENGTH_DEPENDENT_METHODS:
+        old_inv_freq, old_attention_factor = self.inv_freq, self.attention_factor
+        if not self.rotary_embedding.update_length(seq_len):
             return False
-        length = max(seq_len, self.original_max_position_embeddings)
-        if length == self.frequencies_for_length:
-            return False
-        inv_freq, attention_factor = self._scaling(length)
-        self.frequencies_for_length = length
-        changed = not torch.equal(inv_freq, self.inv_freq) or attention_factor != self.attention_factor
+        # A new length need not mean new frequencies (LongRoPE past the training length keeps its long factors).
+        changed = not torch.equal(old_inv_freq, self.inv_freq) or old_attention_factor != self.attention_factor
         if changed:
-            self.inv_freq, self.attention_factor = inv_freq, attention_factor
             self.frequency_version += 1
             self._tables.clear()
         return changed
@@ -150,8 +154,14 @@ class RopeCache:
         if not isinstance(positions, torch.Tensor):
             raise ValueError(f"positions must be an int or an integer tensor; got {type(positions).__name__}")
         _require_integer_positions(positions)
-        device = positions.device if device is None else torch.device(device)
+        # One key per physical device: "cuda" and "cuda:0" name the same one, and torch.device does not equate them.
+        device = positions.device if device is None else torch.empty(0, device=device).device
         needed = int(positions.max()) + 1 if positions.numel() else 1
+        if seq_len is not None and seq_len < needed:
+            raise ValueError(
+                f"seq_len={seq_len} is shorter than the largest requested position + 1 = {needed}: the current "
+                f"length must cover every position asked for"
+            )
         self.update_length(needed if seq_len is None else seq_len)
         self._grow_to(needed)
         cos, sin = self._table(dtype, device)
@@ -184,8 +194,6 @@ def rerotate_keys(
             f"old_inv_freq and new_inv_freq must be 1-D of the same length; got {tuple(old_inv_freq.shape)} "
             f"and {tuple(new_inv_freq.shape)}"
         )
-    if not isinstance(positions, torch.Tensor):
-        raise ValueError(f"positions must be an integer tensor; got {type(positions).__name__}")
     _require_integer_positions(positions)
     if old_attention_factor == 0:
         raise ValueError("old_attention_factor must be non-zero: keys scaled by 0 cannot be recovered")

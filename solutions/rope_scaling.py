@@ -356,11 +356,23 @@ class RotaryEmbedding(nn.Module):
         if isinstance(positions, int):
             require_positive_int(positions, "the number of positions")
             positions = torch.arange(positions, device=self.inv_freq.device)
-        if self.method in self.LENGTH_DEPENDENT and positions.numel():
-            # Every length up to the training length shares plain (short-factor) frequencies.
-            length = max(int(positions.max()) + 1, self.original_max_position_embeddings)
-            if length != self.frequencies_for_length:
-                inv_freq, self.attention_factor = self._scaling(length)
-                self.inv_freq = inv_freq.to(self.inv_freq.device)
-                self.frequencies_for_length = length
+        if positions.numel():
+            self.update_length(int(positions.max()) + 1)
         return rope_cos_sin(self.inv_freq, positions, self.attention_factor)
+
+    def update_length(self, seq_len: int) -> bool:
+        """Make ``inv_freq`` and ``attention_factor`` those of the current length; True when they were recomputed.
+
+        Only the length-dependent methods react. Every length up to the training length shares the short-length
+        frequencies (plain RoPE for ``dynamic``, the short factors for ``longrope``); a longer one gets those of
+        ``seq_len`` itself. `solutions.rope_cache.RopeCache` applies the same rule through this method.
+        """
+        if self.method not in self.LENGTH_DEPENDENT:
+            return False
+        length = max(seq_len, self.original_max_position_embeddings)
+        if length == self.frequencies_for_length:
+            return False
+        inv_freq, self.attention_factor = self._scaling(length)
+        self.inv_freq = inv_freq.to(self.inv_freq.device)
+        self.frequencies_for_length = length
+        return True

@@ -93,6 +93,11 @@ def test_relative_positions_are_query_minus_key_and_bucketed_on_request():
     bucketed = deberta_relative_positions(40, 40, bucket_size=8, max_position=20)
     assert torch.equal(bucketed, deberta_log_bucket_position(deberta_relative_positions(40, 40), 8, 20))
     assert not torch.equal(bucketed, deberta_relative_positions(40, 40))
+    # One of the two bucket arguments without the other is a mistake, not a request for plain offsets.
+    with pytest.raises(ValueError, match="both bucket_size and max_position"):
+        deberta_relative_positions(4, 4, bucket_size=256)
+    with pytest.raises(ValueError, match="both bucket_size and max_position"):
+        deberta_relative_positions(4, 4, max_position=512)
 
 
 def test_position_index_is_eq3s_delta():
@@ -147,6 +152,24 @@ def test_position_to_content_follows_the_released_procedure_not_eq4s_notation():
     assert (paper - p2c).abs().max() > 0.1
 
 
+def test_shorter_queries_follow_the_released_cross_length_procedure():
+    """For q_len < k_len the released code (microsoft/DeBERTa ``disentangled_attention.py``, 2021) gathers a
+    [key, key] position-to-content matrix at clamp(-r_kk + k), transposes it, and picks query i's row by its offset
+    to key 0 (which is i). Replayed here step by step, it gives the values of the direct [q_len, k_len] rule."""
+    q_len, k_len, span = 5, 9, 3
+    qc, kc, qr, kr = _random_inputs(q_len=q_len, k_len=k_len, span=span)
+    rel = deberta_relative_positions(q_len, k_len)
+    _, _, p2c = disentangled_score_terms(qc, kc, qr, kr, rel)
+    key_key = torch.arange(k_len)[:, None] - torch.arange(k_len)[None, :]
+    key_by_row = kc @ qr.transpose(-1, -2)[None]  # [batch, heads, key, 2k]
+    square = torch.gather(key_by_row, -1, (-key_key + span).clamp(0, 2 * span - 1).expand(2, 3, k_len, k_len))
+    square = square.transpose(-1, -2)  # [batch, heads, key-as-query, key]
+    query_rows = rel[:, 0]  # each query's offset to key 0
+    assert query_rows.tolist() == list(range(q_len))
+    released = square[:, :, query_rows]
+    torch.testing.assert_close(p2c, released)
+
+
 def test_terms_depend_only_on_the_clamped_offset():
     span, length, shift = 3, 12, 5
     qc, kc, qr, kr = _random_inputs(q_len=length, k_len=length, span=span)
@@ -193,3 +216,7 @@ def test_score_terms_reject_mismatched_shapes():
         disentangled_score_terms(qc, kc[..., :-1], qr, kr, rel)
     with pytest.raises(ValueError, match="integer"):
         disentangled_score_terms(qc, kc, qr, kr, rel.float())
+    with pytest.raises(ValueError, match="relative_pos must be an integer tensor; got dtype torch.bool"):
+        disentangled_score_terms(qc, kc, qr, kr, rel > 0)
+    with pytest.raises(TypeError, match="relative_pos must be a torch.Tensor"):
+        disentangled_score_terms(qc, kc, qr, kr, rel.tolist())

@@ -59,24 +59,47 @@ def test_one_table_per_dtype_and_device_built_once():
     assert half.dtype == torch.float16 and full.dtype == torch.float32
 
 
-def test_static_methods_match_rope_scaling():
-    cache = RopeCache(dim=16, base=500000.0, method="yarn", factor=4.0, original_max_position_embeddings=32)
-    inv_freq, attention_factor = rope_scaling("yarn", 16, 500000.0, 4.0, 32)
+def test_yarn_tables_match_the_formula():
+    dim, base, s, train = 16, 500000.0, 4.0, 32
+    cache = RopeCache(dim=dim, base=base, method="yarn", factor=s, original_max_position_embeddings=train)
     cos, sin = cache.cos_sin(torch.arange(100), dtype=torch.float64)
-    ref_cos, ref_sin = rope_cos_sin(inv_freq.double(), torch.arange(100), attention_factor)
-    assert torch.allclose(cos, ref_cos, atol=1e-15) and torch.allclose(sin, ref_sin, atol=1e-15)
+    # YaRN's attention factor sqrt(1/t) = 0.1 ln s + 1 (Peng et al. 2024, eq. 22), folded into cos: at position 0
+    # cos = 1, so the table holds the factor itself.
+    attention_factor = 0.1 * math.log(s) + 1.0
+    assert math.isclose(cos[0, 0].item(), attention_factor, rel_tol=1e-12)
+    # The released ramp's ends in dimension index solve L / lambda_d = beta with lambda_d = 2 pi base^(2d/dim)
+    # (YaRN eq. 13 and 16), for beta_fast = 32 and beta_slow = 1: pairs below `low` keep theta_i, pairs from
+    # `high` on are divided by s. Here low = 0 and high = 1, so pair 0 keeps theta_0 = 1 and the rest are divided.
+    def correction_dim(rotations):
+        return dim * math.log(train / (rotations * 2 * math.pi)) / (2 * math.log(base))
+    low, high = max(math.floor(correction_dim(32.0)), 0), math.ceil(correction_dim(1.0))
+    assert (low, high) == (0, 1)
+    formula = [base ** (-2 * i / dim) / (1.0 if i < high else s) for i in range(dim // 2)]
+    torch.testing.assert_close(cache.inv_freq.double(), torch.tensor(formula, dtype=torch.float64), rtol=1e-7, atol=0)
+    expected_cos, expected_sin = exact_cos_sin(formula, range(100))
+    # float32 frequencies against float64 ones: angles up to 99 * 4.8e-2 apart by ~2e-7 at most
+    torch.testing.assert_close(cos, attention_factor * expected_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, attention_factor * expected_sin, rtol=0, atol=1e-6)
+    # and exact on the cache's own float32 frequencies, with the angle formed in Python floats
+    own_cos, own_sin = exact_cos_sin(cache.inv_freq, range(100))
+    torch.testing.assert_close(cos, attention_factor * own_cos, rtol=0, atol=1e-15)
+    torch.testing.assert_close(sin, attention_factor * own_sin, rtol=0, atol=1e-15)
     assert not cache.update_length(10_000)  # a static method never changes its frequencies
 
 
 def test_dynamic_frequencies_change_past_the_training_length_only():
-    cache = RopeCache(dim=16, method="dynamic", factor=2.0, original_max_position_embeddings=32)
+    dim, base, s, train = 16, 10000.0, 2.0, 32
+    cache = RopeCache(dim=dim, base=base, method="dynamic", factor=s, original_max_position_embeddings=train)
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
     plain = cache.inv_freq.clone()
-    cache.cos_sin(torch.arange(32))
+    torch.testing.assert_close(plain.double(), base ** -exponents, rtol=1e-7, atol=0)
+    cache.cos_sin(torch.arange(train))
     assert cache.frequency_version == 0 and torch.equal(cache.inv_freq, plain)
-    cache.cos_sin(torch.tensor([32]))  # length 33
+    cache.cos_sin(torch.tensor([train]))  # length 33
     assert cache.frequency_version == 1
-    expected, _ = rope_scaling("dynamic", 16, 10000.0, 2.0, 32, seq_len=33)
-    assert torch.equal(cache.inv_freq, expected)
+    # Dynamic NTK as the released code writes it: base' = base * (s * l / L - (s - 1)) ^ (d / (d - 2)).
+    new_base = base * (s * (train + 1) / train - (s - 1)) ** (dim / (dim - 2))
+    torch.testing.assert_close(cache.inv_freq.double(), new_base ** -exponents, rtol=1e-6, atol=0)
     assert (cache.inv_freq[1:] < plain[1:]).all()  # a larger base: slower pairs
 
 
@@ -130,6 +153,8 @@ def test_rerotate_keys_is_exact_for_attention_factors():
         (lambda c: c.cos_sin(4, dtype=torch.int32), "floating-point"),
         (lambda c: c.cos_sin([1, 2]), "int or an integer tensor"),
         (lambda c: c.update_length(0), "seq_len"),
+        (lambda c: c.cos_sin(torch.tensor([100]), seq_len=5), "shorter than the largest requested position"),
+        (lambda c: c.cos_sin(torch.tensor([True, False])), "integer tensor; got dtype torch.bool"),
     ],
 )
 def test_bad_input_is_named(call, message):
@@ -142,8 +167,17 @@ def test_bad_construction_is_named():
         RopeCache(dim=7)
     with pytest.raises(ValueError, match="initial_capacity"):
         RopeCache(dim=8, initial_capacity=0)
+    # the training length is named, not the capacity that defaults to it
+    with pytest.raises(ValueError, match="original_max_position_embeddings must be a positive integer; got 0"):
+        RopeCache(dim=8, original_max_position_embeddings=0)
+    with pytest.raises(ValueError, match="does not take beta_fats"):
+        RopeCache(dim=8, method="yarn", factor=2.0, beta_fats=32)
     with pytest.raises(ValueError, match="same length"):
         rerotate_keys(torch.zeros(2, 8), torch.arange(2), torch.ones(4), torch.ones(3))
+    with pytest.raises(TypeError, match="positions must be a torch.Tensor"):
+        rerotate_keys(torch.zeros(2, 8), [0, 1], torch.ones(4), torch.ones(4))
+    with pytest.raises(ValueError, match="positions must be an integer tensor.*share one angle"):
+        rerotate_keys(torch.zeros(2, 8), torch.arange(2.0), torch.ones(4), torch.ones(4))
 
 
 def test_tables_are_keyed_by_device():
@@ -154,3 +188,24 @@ def test_tables_are_keyed_by_device():
     assert cache.builds == 2
     cache.cos_sin(torch.arange(4), device="meta")
     assert cache.builds == 2  # served from the meta table, not rebuilt
+    assert cache.table_keys == [(torch.float32, torch.device("cpu")), (torch.float32, torch.device("meta"))]
+
+
+def test_one_device_named_two_ways_shares_one_table():
+    cache = RopeCache(dim=8, original_max_position_embeddings=16)
+    cache.cos_sin(torch.arange(4), device="cpu")
+    cache.cos_sin(torch.arange(4), device="cpu:0")  # torch.device("cpu:0") != torch.device("cpu")
+    assert cache.builds == 1 and len(cache.table_keys) == 1
+
+
+def test_dynamic_frequencies_follow_the_current_length_back_down():
+    # As RotaryEmbedding: the frequencies are those of the current length, not of the longest one seen.
+    cache = RopeCache(dim=16, method="dynamic", factor=2.0, original_max_position_embeddings=32)
+    plain = cache.inv_freq.clone()
+    seen = {}
+    for length in (8, 40, 20, 100):
+        cache.cos_sin(torch.arange(length))
+        seen[length] = cache.inv_freq.clone()
+    assert torch.equal(seen[8], plain) and torch.equal(seen[20], plain)
+    assert not torch.equal(seen[40], plain) and not torch.equal(seen[100], seen[40])
+    assert cache.frequency_version == 3  # to 40, back to plain at 20, to 100
