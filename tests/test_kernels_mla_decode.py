@@ -114,7 +114,9 @@ def absorbed_query(module, hidden, position):
 def test_ragged_batched_kernel_equals_the_layers_absorbed_decode(interleaved):
     module = make_mla(rope_interleaved=interleaved)
     c = module.config
-    prefixes = [0, 9, 4]  # tokens already cached per sequence: the decode token makes lengths 1, 10, 5
+    # tokens already cached per sequence: the decode token makes lengths 1, 18, 5, so the 18-token padded cache
+    # is two tiles of 16 under the interpreter, and num_splits=2 runs two splits (the second empty for rows 0, 2)
+    prefixes = [0, 17, 4]
     g = torch.Generator().manual_seed(5)
     max_len = max(prefixes) + 1
     latent = torch.zeros(3, max_len, c.kv_lora_rank)
@@ -136,6 +138,7 @@ def test_ragged_batched_kernel_equals_the_layers_absorbed_decode(interleaved):
         out_latent = mla_decode(torch.cat(q_latent), torch.cat(q_rope), latent, rope_key, lengths,
                                 sm_scale=c.scale, num_splits=2)
         assert last_run("mla_decode").backend == "interpreter"
+        assert last_run("mla_decode").grids[0][2] == 2  # the splits that ran, merged by the second launch
         w_uv = module.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)[:, c.qk_nope_head_dim:]
         out = module.o_proj(torch.einsum("bhc,hdc->bhd", out_latent, w_uv).reshape(3, 1, -1))  # W^UV, W^O
     for mode in ("absorbed", "naive"):
