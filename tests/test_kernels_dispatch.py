@@ -68,6 +68,9 @@ def test_cpu_tensors_run_the_interpreter_and_say_so(index):
     assert isinstance(run, KernelRun) and last_run() is run
     assert (run.kernel, run.backend, run.device) == (name, "interpreter", "cpu")
     assert "interpreter" in run.reason and name in str(run)
+    # the record names the launches that ran: at least one grid, each a tuple of positive ints
+    assert run.grids and all(g and all(isinstance(n, int) and n >= 1 for n in g) for g in run.grids)
+    assert str(run.grids[0]) in str(run)
     torch.testing.assert_close(out, reference(), atol=1e-5, rtol=1e-5)
 
 
@@ -85,6 +88,7 @@ def test_oversized_cpu_calls_fall_back_to_torch_and_record_why(index, monkeypatc
     run = last_run(name)
     assert run.backend == "torch-fallback"
     assert "INTERPRETER_MAX_WORK" in run.reason and str(run.work) in run.reason
+    assert run.grids == ()  # no kernel was launched
     torch.testing.assert_close(out, reference(), atol=0, rtol=0)
 
 

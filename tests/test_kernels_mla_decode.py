@@ -57,11 +57,25 @@ def test_entries_past_a_rows_length_are_never_read():
 
 
 def test_more_splits_than_tiles_and_many_heads():
-    # 9 heads (a padded head block); 9 splits of a 37-token cache leave some splits empty for every row.
+    # 9 heads (a padded head block of 16 under the interpreter). Nine splits of a 37-token cache would be 5
+    # tokens each, but a split is whole tiles of 16 tokens, so 3 splits run (0-15, 16-31, 32-36) and the merge
+    # runs once per (head, row). The rows of lengths 1 and 20 leave splits empty.
     q_latent, q_rope, latent, rope_key = inputs(heads=9, seed=4)
     out = mla_decode(q_latent, q_rope, latent, rope_key, LENGTHS, sm_scale=0.2, num_splits=9)
+    assert last_run("mla_decode").grids == ((1, 3, 3), (9, 3))
     check(out, mla_decode_reference(q_latent, q_rope, latent, rope_key, LENGTHS, sm_scale=0.2), torch.float32,
-          "9 splits")
+          "9 splits asked, 3 run")
+
+
+def test_a_split_empty_for_every_row():
+    # Rows shorter than the padded cache (a cache allocated for 37 tokens): with 3 splits of 16 tokens, the last
+    # split (tokens 32-36) holds no token of any row, so every row merges a log-sum-exp of -inf.
+    q_latent, q_rope, latent, rope_key = inputs(seed=5)
+    lengths = torch.tensor([1, 30, 20])
+    out = mla_decode(q_latent, q_rope, latent, rope_key, lengths, sm_scale=0.2, num_splits=3)
+    assert last_run("mla_decode").grids[0] == (1, 3, 3) and 2 * 16 >= int(lengths.max())
+    check(out, mla_decode_reference(q_latent, q_rope, latent, rope_key, lengths, sm_scale=0.2), torch.float32,
+          "a split empty for every row")
 
 
 # ------------------------------------------------------------- end to end against the MLA layer
@@ -100,7 +114,9 @@ def absorbed_query(module, hidden, position):
 def test_ragged_batched_kernel_equals_the_layers_absorbed_decode(interleaved):
     module = make_mla(rope_interleaved=interleaved)
     c = module.config
-    prefixes = [0, 9, 4]  # tokens already cached per sequence: the decode token makes lengths 1, 10, 5
+    # tokens already cached per sequence: the decode token makes lengths 1, 18, 5, so the 18-token padded cache
+    # is two tiles of 16 under the interpreter, and num_splits=2 runs two splits (the second empty for rows 0, 2)
+    prefixes = [0, 17, 4]
     g = torch.Generator().manual_seed(5)
     max_len = max(prefixes) + 1
     latent = torch.zeros(3, max_len, c.kv_lora_rank)
@@ -122,6 +138,7 @@ def test_ragged_batched_kernel_equals_the_layers_absorbed_decode(interleaved):
         out_latent = mla_decode(torch.cat(q_latent), torch.cat(q_rope), latent, rope_key, lengths,
                                 sm_scale=c.scale, num_splits=2)
         assert last_run("mla_decode").backend == "interpreter"
+        assert last_run("mla_decode").grids[0][2] == 2  # the splits that ran, merged by the second launch
         w_uv = module.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)[:, c.qk_nope_head_dim:]
         out = module.o_proj(torch.einsum("bhc,hdc->bhd", out_latent, w_uv).reshape(3, 1, -1))  # W^UV, W^O
     for mode in ("absorbed", "naive"):

@@ -26,7 +26,8 @@ The files are named ``*_kernel.py`` so that no submodule shares a name with the 
 
 On CUDA tensors the kernels are compiled; on CPU tensors the same source runs under the Triton interpreter;
 above a size (``dispatch.INTERPRETER_MAX_WORK``), or where Triton is missing, the torch oracle runs instead.
-`last_run` says which (a `KernelRun`). Each kernel module's ``TOLERANCES`` states its agreement per dtype.
+`last_run` says which, and the grid of each launch (a `KernelRun`). Each kernel module's ``TOLERANCES`` states
+its agreement per dtype.
 
 The names are imported lazily: ``import solutions.kernels`` does not import Triton; the first use does.
 """

@@ -45,7 +45,7 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -85,16 +85,24 @@ DEFAULT_INTERPRETER_MAX_WORK = 1 << 16
 
 @dataclass(frozen=True)
 class KernelRun:
-    """What one kernel call did: ``backend`` is ``"triton"``, ``"interpreter"`` or ``"torch-fallback"``."""
+    """What one kernel call did: ``backend`` is ``"triton"``, ``"interpreter"`` or ``"torch-fallback"``.
+
+    ``grids`` is the grid of each kernel launch the call made, in launch order (`run_launches` fills it in),
+    and is empty when the torch reference ran. It is what the launcher settled on, not what was asked for: the
+    MLA decode kernel rounds its cache splits up to whole tiles, and the third axis of its first grid is the
+    number of splits that ran.
+    """
 
     kernel: str
     backend: str
     device: str
     work: int
     reason: str
+    grids: tuple = ()
 
     def __str__(self) -> str:
-        return f"{self.kernel}: {self.backend} on {self.device} (work {self.work}): {self.reason}"
+        launched = f"; launch grids {', '.join(map(str, self.grids))}" if self.grids else ""
+        return f"{self.kernel}: {self.backend} on {self.device} (work {self.work}): {self.reason}{launched}"
 
 
 _state = threading.local()
@@ -301,10 +309,13 @@ class Launch(NamedTuple):
     kwargs: dict
 
 
-def run_launches(launches, run: KernelRun) -> None:
-    """Launch each planned `Launch` in order, compiled or interpreted as ``run`` says."""
+def run_launches(launches, run: KernelRun) -> KernelRun:
+    """Launch each planned `Launch` in order, compiled or interpreted as ``run`` says; then record ``run``
+    with the launches' grids (`KernelRun.grids`), so that `last_run` tells what actually ran. Returns it."""
+    launches = list(launches)
     for launch in launches:
         launcher(launch.kernel, run)[launch.grid](*launch.args, **launch.kwargs)
+    return record(replace(run, grids=tuple(tuple(launch.grid) for launch in launches)))
 
 
 def dot_dtype(dtype: torch.dtype, backend: str):
