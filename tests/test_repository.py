@@ -33,7 +33,8 @@ def test_ci_runs_the_readme_test_command_exactly():
 def test_every_design_name_is_exported_and_documented():
     design_names = [
         "sinusoidal_encoding", "t5_relative_position_bucket", "alibi_slopes", "ntk_alibi_slopes",
-        "rope_inv_freq", "apply_rope", "rope_scaling",
+        "rope_inv_freq", "apply_rope", "rope_scaling", "mrope_cos_sin", "mrope_position_ids",
+        "llama4_attention_scale", "deberta_log_bucket_position",
     ]
     for name in design_names + list(solutions.__all__):
         obj = getattr(solutions, name)
@@ -46,3 +47,16 @@ def test_solutions_imports_neither_book_nor_grader():
     for path in (ROOT / "solutions").rglob("*.py"):
         source = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+(grader|book)\b", source, flags=re.M), path
+
+
+def test_the_bibliography_parses_and_holds_every_cited_key():
+    # A broken entry fails the book build at its first step; a missing key only at the page that cites it.
+    from pybtex.database import parse_file
+
+    keys = set(parse_file(str(ROOT / "references.bib")).entries)
+    cited = set()
+    for page in [*ROOT.glob("book/**/*.ipynb"), *ROOT.glob("book/**/*.md")]:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
+            cited.update(key.strip() for key in group.split(","))
+    assert cited, "no citation found: the pattern no longer matches the book's {cite} roles"
+    assert sorted(cited - keys) == []
