@@ -269,3 +269,31 @@ def test_the_benchmark_runs_without_triton(tmp_path, monkeypatch, capsys):
     assert data["versions"]["triton"] is None and "torch references" in data["note"]
     assert data["rope"]["cases"][0]["results"]["triton rope (ours)"]["backend"] == "torch-fallback"
     assert capsys.readouterr().err == ""
+
+
+def test_the_recorded_benchmark_is_summarised_and_plotted_per_section():
+    """What the kernel chapters show of a GPU run: ratios, measured against predicted, and one bar per entry."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from solutions.kernels import benchmark
+
+    case = {"shape": {"batch": 1, "seq": 8, "heads": 2, "head_dim": 4},
+            "results": {"triton rope (ours)": {"ms": 0.5, "gbps": 100.0}, "copy (x.clone())": {"ms": 0.4, "gbps": 125.0},
+                        "liger-kernel rope, q and k": {"skipped": "not installed"}},
+            "ratios": {"fraction_of_copy_bandwidth": 0.8, "speed_vs_liger": None},
+            "roofline": {"predicted_ms": 0.4, "bound": "memory", "gpu": "H100 SXM"}}
+    results = {"rope": {"cases": [case, {**case, "roofline": {**case["roofline"], "predicted_ms": None}}]}}
+    lines = benchmark.summary_lines(results, "rope")
+    assert lines == [
+        f"rope {case['shape']}: {{'fraction_of_copy_bandwidth': 0.8}}",
+        "    measured 0.5000 ms, roofline 0.4000 ms (memory-bound on H100 SXM): 80% of the roofline",
+        f"rope {case['shape']}: {{'fraction_of_copy_bandwidth': 0.8}}",  # no prediction: a CPU run
+    ]
+    fig, ax = plt.subplots()
+    benchmark.plot_section(ax, results, "rope")
+    assert len(ax.patches) == 4 and ax.get_yscale() == "log"  # two entries with the metric, two cases
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1x8x2x4", "1x8x2x4"]
+    plt.close(fig)

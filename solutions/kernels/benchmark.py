@@ -485,6 +485,54 @@ def run(quick: bool = False, device: str | None = None) -> dict:
     }
 
 
+# Per section: the metric plotted, the panel's title, how a case's shape is labelled, and the course's kernel.
+SECTIONS = {
+    "rope": ("gbps", "RoPE: GB/s (x read + y written)",
+             lambda s: f"{s['batch']}x{s['seq']}x{s['heads']}x{s['head_dim']}", "triton rope (ours)"),
+    "attention": ("tflops", "causal ALiBi attention: TFLOP/s", lambda s: f"L={s['seq']} d={s['head_dim']}",
+                  "triton flash attention + ALiBi (ours)"),
+    "mla_decode": ("gbps", "MLA decode: GB/s of cache read", lambda s: f"b{s['batch']} h{s['heads']} T={s['cache_len']}",
+                   "triton mla_decode (ours)"),
+}
+
+
+def plot_section(ax, results: dict, section: str) -> None:
+    """One bar per implementation and case of ``section`` on the matplotlib axes ``ax`` (log scale: the
+    baselines differ by orders of magnitude, and the interpreter by more)."""
+    metric, title, label, _ = SECTIONS[section]
+    cases = results[section]["cases"]
+    names = []
+    for case in cases:
+        names += [n for n, r in case["results"].items() if metric in r and n not in names]
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [case["results"].get(name, {}).get(metric, math.nan) for case in cases]
+        ax.bar([j + i * width for j in range(len(cases))], values, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
+    ax.set_xticklabels([label(c["shape"]) for c in cases], rotation=30, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.minorticks_off()
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=6)
+
+
+def summary_lines(results: dict, section: str) -> list[str]:
+    """Per case of ``section``: its ratios against the named baselines and, where a GPU ran, the course's
+    kernel measured against the roofline prediction."""
+    ours = SECTIONS[section][3]
+    lines = []
+    for case in results[section]["cases"]:
+        ratios = {k: round(v, 3) for k, v in case["ratios"].items() if v is not None}
+        lines.append(f"{section} {case['shape']}: {ratios}")
+        predicted = case["roofline"]["predicted_ms"]
+        if predicted is not None:  # a GPU ran: measured against predicted
+            measured = case["results"][ours]["ms"]
+            lines.append(f"    measured {measured:.4f} ms, roofline {predicted:.4f} ms "
+                         f"({case['roofline']['bound']}-bound on {case['roofline']['gpu']}): "
+                         f"{predicted / measured:.0%} of the roofline")
+    return lines
+
+
 def plot(results: dict, path: str) -> None:
     """Three panels (RoPE GB/s, attention TFLOP/s, MLA decode GB/s), titled with the device and date."""
     import matplotlib
@@ -493,25 +541,8 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    panels = [("rope", "gbps", "RoPE: GB/s", lambda s: f"{s['batch']}x{s['seq']}x{s['heads']}x{s['head_dim']}"),
-              ("attention", "tflops", "causal ALiBi attention: TFLOP/s", lambda s: f"L={s['seq']} d={s['head_dim']}"),
-              ("mla_decode", "gbps", "MLA decode: GB/s of cache",
-               lambda s: f"b{s['batch']} h{s['heads']} T={s['cache_len']}")]
-    for ax, (section, metric, title, label) in zip(axes, panels):
-        cases = results[section]["cases"]
-        names = []
-        for case in cases:
-            names += [n for n, r in case["results"].items() if metric in r and n not in names]
-        width = 0.8 / max(len(names), 1)
-        for i, name in enumerate(names):
-            values = [case["results"].get(name, {}).get(metric, math.nan) for case in cases]
-            ax.bar([j + i * width for j in range(len(cases))], values, width, label=name)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
-        ax.set_xticklabels([label(c["shape"]) for c in cases], rotation=30, ha="right", fontsize=7)
-        ax.set_yscale("log")  # baselines differ by orders of magnitude (and the interpreter by more)
-        ax.minorticks_off()
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=6)
+    for ax, section in zip(axes, SECTIONS):
+        plot_section(ax, results, section)
     device = results["device"]["name"]
     headline = f"{device}, {results['date'][:10]}, torch {results['versions']['torch']}, " \
                f"triton {results['versions']['triton']}"
@@ -538,18 +569,7 @@ def main(argv=None) -> int:
         json.dump(results, handle, indent=1)
     if args.plot:
         plot(results, args.plot)
-    summary = []
-    for section, ours in (("rope", "triton rope (ours)"), ("attention", "triton flash attention + ALiBi (ours)"),
-                          ("mla_decode", "triton mla_decode (ours)")):
-        for case in results[section]["cases"]:
-            ratios = {k: round(v, 3) for k, v in case["ratios"].items() if v is not None}
-            summary.append(f"{section} {case['shape']}: {ratios}")
-            predicted = case["roofline"]["predicted_ms"]
-            if predicted is not None:  # a GPU ran: measured against predicted
-                measured = case["results"][ours]["ms"]
-                summary.append(f"    measured {measured:.4f} ms, roofline {predicted:.4f} ms "
-                               f"({case['roofline']['bound']}-bound on {case['roofline']['gpu']}): "
-                               f"{predicted / measured:.0%} of the roofline")
+    summary = [line for section in SECTIONS for line in summary_lines(results, section)]
     print(("SMOKE RUN (CPU interpreter), not performance\n" if results["smoke_run"] else "")
           + f"{results['device']['name']}: wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     print("\n".join(summary))
