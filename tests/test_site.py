@@ -188,6 +188,9 @@ for panel, axes_ in enumerate(axes):
     axes_.set_xlabel("position $m$")
     axes_.tick_params(labelsize=7)
     axes_.legend(fontsize=7)
+zoom = axes[0].inset_axes([0.55, 0.55, 0.4, 0.4])  # an inset's axes are not in fig.axes
+zoom.plot(positions[:8], np.sin(positions[:8]))
+zoom.tick_params(labelsize=6)
 plt.show()
 """
 

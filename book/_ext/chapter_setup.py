@@ -48,14 +48,14 @@ roots = [pathlib.Path(solutions.__file__).resolve().parents[1]]  # the repositor
 # Figures: SVG, and no text below about 9 px on the page. The book shows a figure at most as wide as its
 # text column (about 750 px on a desktop), so text in a wider figure is enlarged where it would shrink
 # below that; a constrained layout makes room for it.
-import matplotlib.figure, matplotlib.text, matplotlib.pyplot as plt
+import matplotlib.axes, matplotlib.figure, matplotlib.text, matplotlib.pyplot as plt
 %matplotlib inline
 %config InlineBackend.figure_format = "svg"
 
 def legible(figure, column_px=750, floor_px=9.5):
     width_pt = figure.get_figwidth() * 72  # shown px = pt * min(4/3, column_px / width_pt)
     floor_pt = floor_px * max(width_pt / column_px, 0.75)
-    for axes in figure.axes:
+    for axes in figure.findobj(matplotlib.axes.Axes):  # insets too, which figure.axes omits
         for axis in (axes.xaxis, axes.yaxis):
             labels = axis.get_ticklabels(which="both")
             if labels and min(label.get_fontsize() for label in labels) < floor_pt:
